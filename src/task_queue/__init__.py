@@ -1,0 +1,1 @@
+"""task-queue: a distributed task queue for Python."""

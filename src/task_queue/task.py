@@ -1,0 +1,239 @@
+"""The task record and its state machine.
+
+Every status change a task can go through is a method here that returns a new
+`Task`, so the memory, SQLite and Redis backends store transitions but never
+decide them: three backends cannot drift into three subtly different queues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+JSON = Any
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+    @property
+    def is_waiting(self) -> bool:
+        """Counted against QUEUE_SIZE: accepted but not yet started."""
+        return self in WAITING_STATUSES
+
+
+FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+WAITING_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.SCHEDULED, TaskStatus.RETRYING})
+DELAYED_STATUSES = frozenset({TaskStatus.SCHEDULED, TaskStatus.RETRYING})
+
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_TIMEOUT_SECONDS = 300.0
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def rfc3339(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def backoff_delay(
+    attempt: int,
+    base: float,
+    cap: float,
+    rand: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait before retry number `attempt` (1 for the first retry).
+
+    The exponential step is min(base * 2^(attempt-1), cap); the jitter draws from
+    its upper half ("equal jitter"), so retries of many tasks spread out while
+    the gaps of one task still grow and never collapse to zero.
+    """
+    step = min(cap, base * 2.0 ** max(attempt - 1, 0))
+    return rand(step / 2, step)
+
+
+@dataclass(slots=True, frozen=True)
+class Task:
+    """One unit of work and everything known about it.
+
+    `lease_token`, `lease_expires_at` and `worker_id` are set while a worker
+    owns the task; a backend accepts a finished task only from the holder of
+    the current token (fencing), so a worker whose lease expired cannot
+    overwrite the result of the worker that took the task over.
+    """
+
+    type: str
+    payload: Mapping[str, JSON]
+    created_at: float
+    run_at: float
+    id: str = field(default_factory=new_task_id)
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = 0
+    max_retries: int = DEFAULT_MAX_RETRIES
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    result: JSON = None
+    error: str | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    updated_at: float = 0.0
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    worker_id: str | None = None
+    cancel_requested: bool = False
+
+    @classmethod
+    def new(
+        cls,
+        type: str,
+        payload: Mapping[str, JSON],
+        *,
+        now: float,
+        run_at: float | None = None,
+        **options: Any,
+    ) -> Task:
+        """A task as submitted: `pending`, or `scheduled` when run_at is in the future."""
+        due = now if run_at is None or run_at < now else run_at
+        status = TaskStatus.SCHEDULED if due > now else TaskStatus.PENDING
+        return cls(
+            type=type,
+            payload=payload,
+            created_at=now,
+            run_at=due,
+            updated_at=now,
+            status=status,
+            **options,
+        )
+
+    def _with(self, **changes: Any) -> Task:
+        return dataclasses.replace(self, **changes)
+
+    def promoted(self, now: float) -> Task:
+        """A delayed task whose run_at has come becomes pending."""
+        return self._with(status=TaskStatus.PENDING, updated_at=now)
+
+    def leased(self, *, worker_id: str, token: str, now: float, lease_seconds: float) -> Task:
+        """Handed to a worker: running, one more attempt, owned until the lease expires."""
+        return self._with(
+            status=TaskStatus.RUNNING,
+            attempts=self.attempts + 1,
+            started_at=now,
+            updated_at=now,
+            lease_token=token,
+            lease_expires_at=now + lease_seconds,
+            worker_id=worker_id,
+        )
+
+    def _unleased(self, **changes: Any) -> Task:
+        return self._with(lease_token=None, lease_expires_at=None, worker_id=None, **changes)
+
+    def completed(self, result: JSON, now: float) -> Task:
+        return self._unleased(
+            status=TaskStatus.COMPLETED,
+            result=result,
+            error=None,
+            completed_at=now,
+            updated_at=now,
+        )
+
+    def failed(self, error: str, now: float) -> Task:
+        """Final failure: retries exhausted or a permanent error (the dead-letter set)."""
+        return self._unleased(
+            status=TaskStatus.FAILED, error=error, completed_at=now, updated_at=now
+        )
+
+    def retrying(self, error: str, now: float, delay: float) -> Task:
+        return self._unleased(
+            status=TaskStatus.RETRYING, error=error, run_at=now + delay, updated_at=now
+        )
+
+    @property
+    def retries_left(self) -> bool:
+        return self.attempts <= self.max_retries
+
+    def after_failure(
+        self, error: str, now: float, *, base: float, cap: float, delay: float | None = None
+    ) -> Task:
+        """Retry with backoff while attempts remain, else fail for good."""
+        if not self.retries_left:
+            return self.failed(error, now)
+        wait = backoff_delay(self.attempts, base, cap) if delay is None else delay
+        return self.retrying(error, now, wait)
+
+    def released(self, now: float) -> Task:
+        """Handed back unfinished by a worker that is shutting down: the attempt does not count."""
+        return self._unleased(
+            status=TaskStatus.PENDING,
+            attempts=max(self.attempts - 1, 0),
+            started_at=None,
+            run_at=now,
+            updated_at=now,
+        )
+
+    def cancelled(self, now: float) -> Task:
+        return self._unleased(status=TaskStatus.CANCELLED, completed_at=now, updated_at=now)
+
+    def cancel_request(self, now: float) -> Task:
+        """A running task cannot be stopped from outside; its worker is asked to stop it."""
+        return self._with(cancel_requested=True, updated_at=now)
+
+    def requeued(self, now: float) -> Task:
+        """Manual retry of a failed or cancelled task: a fresh start."""
+        return self._unleased(
+            status=TaskStatus.PENDING,
+            attempts=0,
+            result=None,
+            error=None,
+            started_at=None,
+            completed_at=None,
+            run_at=now,
+            updated_at=now,
+            cancel_requested=False,
+        )
+
+    def to_json(self) -> dict[str, JSON]:
+        """The task JSON of the HTTP contract: RFC 3339 times, no lease internals."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "queue": self.queue,
+            "payload": self.payload,
+            "priority": self.priority,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "max_retries": self.max_retries,
+            "timeout_seconds": self.timeout_seconds,
+            "idempotency_key": self.idempotency_key,
+            "result": self.result,
+            "error": self.error,
+            "created_at": rfc3339(self.created_at),
+            "run_at": rfc3339(self.run_at),
+            "started_at": rfc3339(self.started_at),
+            "completed_at": rfc3339(self.completed_at),
+            "updated_at": rfc3339(self.updated_at),
+        }

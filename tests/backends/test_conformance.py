@@ -1,0 +1,335 @@
+"""The behaviour every backend must share, run against each of them.
+
+Time is a ManualClock: leases expire and delays pass by moving it, not by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from task_queue._clock import ManualClock
+from task_queue.backends.base import Backend, TaskFilter, WorkerInfo
+from task_queue.errors import (
+    IdempotencyConflict,
+    InvalidTransition,
+    LeaseLost,
+    QueueFull,
+    TaskNotFound,
+)
+from task_queue.task import Task, TaskStatus
+
+LEASE = 30.0
+
+
+def make(clock: ManualClock, priority: int = 0, **options: object) -> Task:
+    return Task.new("noop", {"n": priority}, now=clock.now(), priority=priority, **options)
+
+
+async def take(backend: Backend, limit: int = 1, worker: str = "w1") -> list[Task]:
+    return await backend.dequeue(["default"], limit, worker_id=worker, lease_seconds=LEASE)
+
+
+async def test_enqueued_task_can_be_read_back(backend: Backend, clock: ManualClock) -> None:
+    task = make(clock)
+    [submitted] = await backend.enqueue([task])
+    assert submitted.created
+    stored = await backend.get(task.id)
+    assert stored.id == task.id
+    assert stored.status is TaskStatus.PENDING
+    assert dict(stored.payload) == {"n": 0}
+
+
+async def test_unknown_id_is_not_found(backend: Backend) -> None:
+    with pytest.raises(TaskNotFound):
+        await backend.get("no-such-task")
+
+
+async def test_higher_priority_is_dequeued_first(backend: Backend, clock: ManualClock) -> None:
+    tasks = [make(clock, p) for p in (0, 10, 5)]
+    await backend.enqueue(tasks)
+    order = [t.priority for t in await take(backend, 3)]
+    assert order == [10, 5, 0]
+
+
+async def test_same_priority_is_first_in_first_out(backend: Backend, clock: ManualClock) -> None:
+    tasks = []
+    for _ in range(5):
+        tasks.append(make(clock, 3))
+        clock.advance(0.001)
+    for task in tasks:
+        await backend.enqueue([task])
+    taken = [t.id for t in await take(backend, 5)]
+    assert taken == [t.id for t in tasks]
+
+
+async def test_dequeue_leases_the_task(backend: Backend, clock: ManualClock) -> None:
+    await backend.enqueue([make(clock)])
+    [task] = await take(backend)
+    assert task.status is TaskStatus.RUNNING
+    assert task.attempts == 1
+    assert task.lease_token
+    assert task.lease_expires_at == clock.now() + LEASE
+    stored = await backend.get(task.id)
+    assert stored.status is TaskStatus.RUNNING
+    assert await take(backend) == []
+
+
+async def test_dequeue_only_takes_from_the_named_queues(
+    backend: Backend, clock: ManualClock
+) -> None:
+    await backend.enqueue([make(clock, queue="emails"), make(clock, 1, queue="reports")])
+    taken = await backend.dequeue(["emails"], 5, worker_id="w", lease_seconds=LEASE)
+    assert [t.queue for t in taken] == ["emails"]
+    both = await backend.dequeue(["emails", "reports"], 5, worker_id="w", lease_seconds=LEASE)
+    assert [t.queue for t in both] == ["reports"]
+
+
+async def test_delayed_task_waits_for_its_time(backend: Backend, clock: ManualClock) -> None:
+    task = make(clock, run_at=clock.now() + 60)
+    await backend.enqueue([task])
+    assert (await backend.get(task.id)).status is TaskStatus.SCHEDULED
+    assert await take(backend) == []
+    clock.advance(61)
+    [taken] = await take(backend)
+    assert taken.id == task.id
+
+
+async def test_promote_due_makes_delayed_tasks_pending(
+    backend: Backend, clock: ManualClock
+) -> None:
+    task = make(clock, run_at=clock.now() + 5)
+    await backend.enqueue([task])
+    assert await backend.promote_due() == 0
+    clock.advance(5)
+    assert await backend.promote_due() == 1
+    assert (await backend.get(task.id)).status is TaskStatus.PENDING
+
+
+async def test_complete_stores_the_result(backend: Backend, clock: ManualClock) -> None:
+    await backend.enqueue([make(clock)])
+    [task] = await take(backend)
+    clock.advance(1)
+    await backend.finish(task.completed({"ok": True}, clock.now()), task.lease_token or "")
+    stored = await backend.get(task.id)
+    assert stored.status is TaskStatus.COMPLETED
+    assert stored.result == {"ok": True}
+    assert stored.completed_at == clock.now()
+    assert stored.lease_token is None
+
+
+async def test_retrying_task_waits_out_its_backoff(backend: Backend, clock: ManualClock) -> None:
+    await backend.enqueue([make(clock)])
+    [task] = await take(backend)
+    await backend.finish(task.retrying("boom", clock.now(), 10), task.lease_token or "")
+    stored = await backend.get(task.id)
+    assert stored.status is TaskStatus.RETRYING
+    assert stored.error == "boom"
+    assert stored.run_at == clock.now() + 10
+    assert await take(backend) == []
+    clock.advance(10)
+    [again] = await take(backend)
+    assert again.attempts == 2
+
+
+async def test_expired_lease_is_found_and_recovered(backend: Backend, clock: ManualClock) -> None:
+    await backend.enqueue([make(clock)])
+    [task] = await take(backend, worker="dead")
+    assert await backend.expired(10) == []
+    clock.advance(LEASE + 1)
+    [expired] = await backend.expired(10)
+    assert expired.id == task.id
+    await backend.finish(expired.released(clock.now()), expired.lease_token or "")
+    [again] = await take(backend, worker="alive")
+    assert again.id == task.id
+    assert again.worker_id == "alive"
+
+
+async def test_stale_lease_cannot_overwrite_the_new_owner(
+    backend: Backend, clock: ManualClock
+) -> None:
+    await backend.enqueue([make(clock)])
+    [first] = await take(backend, worker="slow")
+    clock.advance(LEASE + 1)
+    [expired] = await backend.expired(10)
+    await backend.finish(expired.released(clock.now()), expired.lease_token or "")
+    [second] = await take(backend, worker="fast")
+    await backend.finish(second.completed("fast", clock.now()), second.lease_token or "")
+    with pytest.raises(LeaseLost):
+        await backend.finish(first.completed("slow", clock.now()), first.lease_token or "")
+    assert (await backend.get(first.id)).result == "fast"
+
+
+async def test_heartbeat_extends_leases_and_reports_lost_ones(
+    backend: Backend, clock: ManualClock
+) -> None:
+    await backend.enqueue([make(clock), make(clock)])
+    kept, lost = await take(backend, 2)
+    worker = WorkerInfo("w1", "host", 1, ["default"], 2, clock.now(), heartbeat_interval=10)
+    clock.advance(LEASE - 1)
+    await backend.finish(lost.released(clock.now()), lost.lease_token or "")
+    report = await backend.heartbeat(
+        worker, {kept.id: kept.lease_token or "", lost.id: lost.lease_token or ""}, LEASE
+    )
+    assert report.lost == {lost.id}
+    clock.advance(2)
+    assert await backend.expired(10) == []
+
+
+async def test_cancel_waiting_task(backend: Backend, clock: ManualClock) -> None:
+    task = make(clock)
+    await backend.enqueue([task])
+    cancelled = await backend.cancel(task.id)
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert await take(backend) == []
+    with pytest.raises(InvalidTransition):
+        await backend.cancel(task.id)
+
+
+async def test_cancel_running_task_asks_its_worker(backend: Backend, clock: ManualClock) -> None:
+    await backend.enqueue([make(clock)])
+    [task] = await take(backend)
+    flagged = await backend.cancel(task.id)
+    assert flagged.status is TaskStatus.RUNNING
+    worker = WorkerInfo("w1", "host", 1, ["default"], 1, clock.now())
+    report = await backend.heartbeat(worker, {task.id: task.lease_token or ""}, LEASE)
+    assert report.cancel_requested == {task.id}
+
+
+async def test_cancel_unknown_task(backend: Backend) -> None:
+    with pytest.raises(TaskNotFound):
+        await backend.cancel("missing")
+
+
+async def test_requeue_failed_task_resets_attempts(backend: Backend, clock: ManualClock) -> None:
+    await backend.enqueue([make(clock)])
+    [task] = await take(backend)
+    await backend.finish(task.failed("bad", clock.now()), task.lease_token or "")
+    again = await backend.requeue(task.id)
+    assert again.status is TaskStatus.PENDING
+    assert again.attempts == 0
+    assert again.error is None
+    [taken] = await take(backend)
+    assert taken.id == task.id
+    with pytest.raises(InvalidTransition):
+        await backend.requeue(task.id)
+
+
+async def test_same_idempotency_key_and_request_returns_the_first_task(
+    backend: Backend, clock: ManualClock
+) -> None:
+    first = make(clock, idempotency_key="k1", request_hash="h1")
+    [a] = await backend.enqueue([first])
+    [b] = await backend.enqueue([make(clock, idempotency_key="k1", request_hash="h1")])
+    assert a.created
+    assert not b.created
+    assert b.task.id == first.id
+    assert (await backend.stats()).waiting == 1
+
+
+async def test_same_idempotency_key_with_another_request_conflicts(
+    backend: Backend, clock: ManualClock
+) -> None:
+    await backend.enqueue([make(clock, idempotency_key="k1", request_hash="h1")])
+    with pytest.raises(IdempotencyConflict):
+        await backend.enqueue([make(clock, idempotency_key="k1", request_hash="h2")])
+
+
+async def test_queue_is_bounded(backend: Backend, clock: ManualClock) -> None:
+    backend.max_waiting = 3
+    await backend.enqueue([make(clock) for _ in range(3)])
+    with pytest.raises(QueueFull):
+        await backend.enqueue([make(clock)])
+    await take(backend)
+    await backend.enqueue([make(clock)])
+
+
+async def test_batch_is_all_or_none(backend: Backend, clock: ManualClock) -> None:
+    backend.max_waiting = 3
+    await backend.enqueue([make(clock)])
+    with pytest.raises(QueueFull):
+        await backend.enqueue([make(clock) for _ in range(3)])
+    await backend.enqueue([make(clock, idempotency_key="k", request_hash="h")])
+    batch = [make(clock), make(clock, idempotency_key="k", request_hash="other")]
+    with pytest.raises(IdempotencyConflict):
+        await backend.enqueue(batch)
+    with pytest.raises(TaskNotFound):
+        await backend.get(batch[0].id)
+
+
+async def test_concurrent_dequeuers_never_share_a_task(
+    backend: Backend, clock: ManualClock
+) -> None:
+    backend.max_waiting = 100
+    await backend.enqueue([make(clock, i % 11) for i in range(60)])
+    batches = await asyncio.gather(*(take(backend, 4, worker=f"w{i}") for i in range(20)))
+    ids = [t.id for batch in batches for t in batch]
+    assert len(ids) == 60
+    assert len(set(ids)) == 60
+
+
+async def test_list_pages_newest_first_with_filters(backend: Backend, clock: ManualClock) -> None:
+    tasks = []
+    for i in range(5):
+        tasks.append(make(clock, queue="a" if i % 2 else "b"))
+        clock.advance(1)
+    await backend.enqueue(tasks)
+    first = await backend.list(TaskFilter(), 2, None)
+    assert [t.id for t in first.tasks] == [tasks[4].id, tasks[3].id]
+    assert first.next_cursor
+    second = await backend.list(TaskFilter(), 2, first.next_cursor)
+    assert [t.id for t in second.tasks] == [tasks[2].id, tasks[1].id]
+    rest = await backend.list(TaskFilter(), 2, second.next_cursor)
+    assert [t.id for t in rest.tasks] == [tasks[0].id]
+    assert rest.next_cursor is None
+    only_a = await backend.list(TaskFilter(queue="a"), 10, None)
+    assert {t.id for t in only_a.tasks} == {tasks[1].id, tasks[3].id}
+    pending = await backend.list(TaskFilter(status=TaskStatus.PENDING, type="noop"), 10, None)
+    assert len(pending.tasks) == 5
+
+
+async def test_list_rejects_a_foreign_cursor(backend: Backend) -> None:
+    with pytest.raises(ValueError, match="cursor"):
+        await backend.list(TaskFilter(), 10, "not-a-cursor")
+
+
+async def test_stats_count_by_status_and_type(backend: Backend, clock: ManualClock) -> None:
+    await backend.enqueue([make(clock), make(clock), make(clock, run_at=clock.now() + 9)])
+    [task] = await take(backend)
+    await backend.finish(task.completed(None, clock.now()), task.lease_token or "")
+    stats = await backend.stats()
+    assert stats.waiting == 2
+    assert stats.by_status == {"completed": 1, "pending": 1, "scheduled": 1}
+    assert stats.by_type == {"noop": 3}
+    assert stats.processed == 1
+    assert stats.failed == 0
+    assert stats.finished_last_minute == 1
+
+
+async def test_workers_are_listed_until_their_heartbeats_stop(
+    backend: Backend, clock: ManualClock
+) -> None:
+    worker = WorkerInfo("w1", "host", 42, ["default"], 5, clock.now(), heartbeat_interval=10)
+    await backend.heartbeat(worker, {}, LEASE)
+    [listed] = await backend.workers()
+    assert (listed.id, listed.pid, listed.concurrency) == ("w1", 42, 5)
+    clock.advance(31)
+    assert await backend.workers() == []
+    await backend.heartbeat(worker, {}, LEASE)
+    await backend.remove_worker("w1")
+    assert await backend.workers() == []
+
+
+async def test_purge_removes_old_finished_tasks_but_keeps_failed(
+    backend: Backend, clock: ManualClock
+) -> None:
+    await backend.enqueue([make(clock), make(clock)])
+    done, dead = await take(backend, 2)
+    await backend.finish(done.completed(1, clock.now()), done.lease_token or "")
+    await backend.finish(dead.failed("x", clock.now()), dead.lease_token or "")
+    clock.advance(100)
+    assert await backend.purge_finished(clock.now() - 50) == 1
+    with pytest.raises(TaskNotFound):
+        await backend.get(done.id)
+    assert (await backend.get(dead.id)).status is TaskStatus.FAILED

@@ -1,0 +1,35 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from task_queue._clock import ManualClock
+from task_queue.backends.base import Backend
+from task_queue.backends.memory import MemoryBackend
+from task_queue.backends.sqlite import SQLiteBackend
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def backend(
+    request: pytest.FixtureRequest, clock: ManualClock, tmp_path: Path
+) -> AsyncIterator[Backend]:
+    """Each backend in turn, fresh and empty, on the test's manual clock."""
+    store: Backend
+    if request.param == "memory":
+        store = MemoryBackend(clock=clock)
+    else:
+        store = SQLiteBackend(tmp_path / "task-queue.db", clock=clock)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
