@@ -45,7 +45,7 @@ class PermanentError(TaskQueueError):
     """Raised by a handler: the task can never succeed, so fail it without retrying."""
 
 
-class Retry(TaskQueueError):  # noqa: N818 - reads as `raise Retry(delay=5)` in handlers
+class Retry(TaskQueueError):
     """Raised by a handler: retry the task, after `delay` seconds when given."""
 
     def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:

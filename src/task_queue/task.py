@@ -58,6 +58,12 @@ def rfc3339(timestamp: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_rfc3339(value: str | None) -> float | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).timestamp()
+
+
 def backoff_delay(
     attempt: int,
     base: float,
@@ -106,6 +112,7 @@ class Task:
     lease_expires_at: float | None = None
     worker_id: str | None = None
     cancel_requested: bool = False
+    request_id: str | None = None
 
     @classmethod
     def new(
@@ -214,6 +221,29 @@ class Task:
             run_at=now,
             updated_at=now,
             cancel_requested=False,
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, JSON]) -> Task:
+        """The inverse of to_json, for clients that read tasks over HTTP."""
+        return cls(
+            id=data["id"],
+            type=data["type"],
+            queue=data["queue"],
+            payload=data["payload"],
+            priority=data["priority"],
+            status=TaskStatus(data["status"]),
+            attempts=data["attempts"],
+            max_retries=data["max_retries"],
+            timeout_seconds=data["timeout_seconds"],
+            idempotency_key=data["idempotency_key"],
+            result=data["result"],
+            error=data["error"],
+            created_at=parse_rfc3339(data["created_at"]) or 0.0,
+            run_at=parse_rfc3339(data["run_at"]) or 0.0,
+            started_at=parse_rfc3339(data["started_at"]),
+            completed_at=parse_rfc3339(data["completed_at"]),
+            updated_at=parse_rfc3339(data["updated_at"]) or 0.0,
         )
 
     def to_json(self) -> dict[str, JSON]:

@@ -333,3 +333,9 @@ async def test_purge_removes_old_finished_tasks_but_keeps_failed(
     with pytest.raises(TaskNotFound):
         await backend.get(done.id)
     assert (await backend.get(dead.id)).status is TaskStatus.FAILED
+
+
+async def test_no_queue_names_means_every_queue(backend: Backend, clock: ManualClock) -> None:
+    await backend.enqueue([make(clock, queue="emails"), make(clock, 1, queue="reports")])
+    taken = await backend.dequeue([], 5, worker_id="w", lease_seconds=LEASE)
+    assert [t.queue for t in taken] == ["reports", "emails"]

@@ -110,7 +110,7 @@ class Backend(abc.ABC):
         self.clock = clock or SystemClock()
         self.max_waiting = max_waiting
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - most backends have nothing to open
         """Connect and create what is missing; raises BackendUnavailable."""
 
     @abc.abstractmethod
@@ -138,6 +138,7 @@ class Backend(abc.ABC):
     ) -> list[Task]:
         """Atomically take up to `limit` due tasks from `queues` and lease them to the worker.
 
+        An empty `queues` means every queue.
         Due scheduled and retrying tasks are promoted first. Each returned task is
         `Task.leased(...)`: running, attempts counted, a fresh lease token. Two
         concurrent callers never receive the same task.

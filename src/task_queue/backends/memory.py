@@ -144,7 +144,7 @@ class MemoryBackend(Backend):
     ) -> list[Task]:
         await self.promote_due()
         now = self.clock.now()
-        heaps = [self._ready[q] for q in queues if q in self._ready]
+        heaps = [h for q, h in self._ready.items() if not queues or q in queues]
         taken: list[Task] = []
         while len(taken) < limit:
             best = min((h for h in heaps if h), key=lambda h: h[0], default=None)

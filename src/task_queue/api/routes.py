@@ -1,0 +1,245 @@
+"""The /api/v1 endpoints of the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, ValidationError
+
+from task_queue.api.errors import ApiError, field_errors, json_response
+from task_queue.api.schemas import (
+    MAX_BATCH,
+    BatchRequest,
+    Health,
+    Stats,
+    TaskList,
+    TaskOut,
+    WorkerList,
+    errors,
+)
+from task_queue.backends.base import Submitted, TaskFilter
+from task_queue.client import MAX_WAIT_SECONDS, AsyncClient, TaskRequest
+from task_queue.config import Settings
+from task_queue.errors import BackendUnavailable
+from task_queue.logs import get_logger
+from task_queue.task import TaskStatus
+
+log = get_logger("task_queue.api")
+router = APIRouter(prefix="/api/v1")
+M = TypeVar("M", bound=BaseModel)
+
+MAX_BODY_BYTES = 1024 * 1024
+HEALTH_TIMEOUT_SECONDS = 2.0
+SUBMIT_ERRORS = errors(400, 409, 413, 415, 422, 503)
+
+
+def _client(request: Request) -> AsyncClient:
+    client: AsyncClient = request.app.state.client
+    return client
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def _read_json(request: Request) -> Any:
+    """The body as JSON, refusing what is not JSON or too large before reading it whole."""
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+def _validated(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = field_errors(exc.errors())
+        message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+        raise ApiError(422, "validation_error", message, details) from None
+
+
+def _with_header_key(task: TaskRequest, key: str | None) -> TaskRequest:
+    if key is None or task.idempotency_key is not None:
+        return task
+    return _validated(TaskRequest, {**task.model_dump(exclude_unset=True), "idempotency_key": key})
+
+
+def _log_submitted(outcome: list[Submitted]) -> None:
+    for item in outcome:
+        task = item.task
+        if item.created:
+            log.info(
+                "task submitted",
+                task_id=task.id,
+                type=task.type,
+                queue=task.queue,
+                priority=task.priority,
+                status=task.status.value,
+            )
+
+
+@router.post(
+    "/tasks",
+    status_code=201,
+    responses={201: {"model": TaskOut}, 200: {"model": TaskOut}, **SUBMIT_ERRORS},
+    openapi_extra=_body_schema(TaskRequest),
+)
+async def submit_task(
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    """Queue one task; 200 with the first task when its idempotency key came before."""
+    task_request = _with_header_key(
+        _validated(TaskRequest, await _read_json(request)), idempotency_key
+    )
+    outcome = await _client(request).submit_requests(
+        [task_request], request_id=request.state.request_id
+    )
+    _log_submitted(outcome)
+    [item] = outcome
+    return json_response(
+        item.task.to_json(),
+        201 if item.created else 200,
+        {"Location": f"/api/v1/tasks/{item.task.id}"},
+    )
+
+
+@router.post(
+    "/tasks/batch",
+    status_code=201,
+    responses={201: {"model": TaskList}, **SUBMIT_ERRORS},
+    openapi_extra=_body_schema(BatchRequest),
+)
+async def submit_batch(request: Request) -> Response:
+    """Queue up to 1000 tasks at once, all or none."""
+    data = await _read_json(request)
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    if isinstance(tasks, list) and len(tasks) > MAX_BATCH:
+        raise ApiError(413, "batch_too_large", f"a batch holds at most {MAX_BATCH} tasks")
+    batch = _validated(BatchRequest, data)
+    outcome = await _client(request).submit_requests(
+        batch.tasks, request_id=request.state.request_id
+    )
+    _log_submitted(outcome)
+    return json_response({"tasks": [item.task.to_json() for item in outcome]}, 201)
+
+
+@router.get("/tasks/{task_id}", responses={200: {"model": TaskOut}, **errors(404, 422)})
+async def get_task(
+    request: Request,
+    task_id: str,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
+) -> Response:
+    """The task; with ?wait=S, held up to S seconds until it reaches a final state."""
+    client = _client(request)
+    task = await (client.wait(task_id, wait) if wait else client.get(task_id))
+    return json_response(task.to_json())
+
+
+@router.get("/tasks", responses={200: {"model": TaskList}, **errors(422)})
+async def list_tasks(
+    request: Request,
+    status: TaskStatus | None = None,
+    type: str | None = None,
+    queue: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> Response:
+    """Tasks, newest first; pass next_cursor back as cursor for the next page."""
+    try:
+        page = await _client(request).list(
+            TaskFilter(status=status, type=type, queue=queue), limit=limit, cursor=cursor
+        )
+    except ValueError as exc:
+        details = [{"field": "cursor", "message": str(exc)}]
+        raise ApiError(422, "validation_error", str(exc), details) from None
+    return json_response(
+        {"tasks": [t.to_json() for t in page.tasks], "next_cursor": page.next_cursor}
+    )
+
+
+@router.post("/tasks/{task_id}/cancel", responses={200: {"model": TaskOut}, **errors(404, 409)})
+async def cancel_task(request: Request, task_id: str) -> Response:
+    """Cancel a waiting task; a running one is asked to stop at its next heartbeat."""
+    task = await _client(request).cancel(task_id)
+    log.info("task cancel requested", task_id=task_id, status=task.status.value)
+    return json_response(task.to_json())
+
+
+@router.post("/tasks/{task_id}/retry", responses={200: {"model": TaskOut}, **errors(404, 409, 503)})
+async def retry_task(request: Request, task_id: str) -> Response:
+    """Run a failed or cancelled task again, attempts reset."""
+    task = await _client(request).retry(task_id)
+    log.info("task requeued", task_id=task_id)
+    return json_response(task.to_json())
+
+
+@router.get("/health", responses={200: {"model": Health}, 503: {"model": Health}})
+async def health(request: Request) -> Response:
+    """Ready when the backend answers within two seconds."""
+    backend = _client(request).backend
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            details = await backend.ping()
+            workers = await backend.workers()
+    except (TimeoutError, BackendUnavailable) as exc:
+        reason = str(exc) or "backend did not answer in time"
+        body = {"status": "unhealthy", "backend": {"type": backend.name, "error": reason}}
+        return json_response(body, 503)
+    return json_response({"status": "healthy", "backend": details, "workers": len(workers)})
+
+
+@router.get("/health/live", responses={200: {"model": Health}})
+async def live() -> Response:
+    """Alive while the process serves requests; never touches the backend."""
+    return json_response({"status": "alive", "backend": {}})
+
+
+@router.get("/stats", responses={200: {"model": Stats}, **errors(503)})
+async def stats(request: Request) -> Response:
+    client = _client(request)
+    settings: Settings = request.app.state.settings
+    numbers = await client.stats()
+    workers = await client.backend.workers()
+    by_status = {status.value: 0 for status in TaskStatus} | numbers.by_status
+    return json_response(
+        {
+            "queue_size": numbers.waiting,
+            "max_queue_size": settings.queue_size,
+            "by_status": by_status,
+            "by_type": numbers.by_type,
+            "workers": {
+                "total": len(workers),
+                "busy": sum(1 for w in workers if w.current_tasks),
+            },
+            "processed": numbers.processed,
+            "failed": numbers.failed,
+            "throughput_per_second": round(numbers.finished_last_minute / 60, 3),
+            "uptime_seconds": round(time.monotonic() - request.app.state.started, 3),
+            "backend": client.backend.name,
+        }
+    )
+
+
+@router.get("/workers", responses={200: {"model": WorkerList}, **errors(503)})
+async def workers(request: Request) -> Response:
+    """Every live worker of every process sharing the backend."""
+    found = await _client(request).backend.workers()
+    return json_response({"workers": [w.to_json() for w in found]})

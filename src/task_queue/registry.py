@@ -1,0 +1,134 @@
+"""Task types: a name routed to a handler, with the defaults of that type.
+
+Built-in and custom types register the same way, through `Registry.task`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from task_queue.errors import ConfigError, PayloadError, UnknownTaskType
+
+if TYPE_CHECKING:
+    from task_queue.config import Settings
+    from task_queue.task import Task
+
+Handler = Callable[..., Any]
+F = TypeVar("F", bound=Handler)
+
+
+@dataclass(slots=True, frozen=True)
+class TaskContext:
+    """What a handler may need besides its payload: the task itself and the settings."""
+
+    task: Task
+    settings: Settings
+    logger: Any
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+
+@dataclass(slots=True, frozen=True)
+class TaskType:
+    """A registered type: its handler and the defaults a submit may override."""
+
+    name: str
+    handler: Handler
+    is_async: bool
+    wants_context: bool
+    payload_model: type[BaseModel] | None = None
+    max_retries: int | None = None
+    timeout_seconds: float | None = None
+    queue: str | None = None
+    priority: int | None = None
+
+    def validate(self, payload: Mapping[str, Any]) -> Any:
+        """The payload as the handler receives it; PayloadError names the bad fields."""
+        if self.payload_model is None:
+            return payload
+        try:
+            return self.payload_model.model_validate(payload)
+        except ValidationError as exc:
+            details = [
+                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                for e in exc.errors(include_url=False)
+            ]
+            raise PayloadError(f"invalid payload for task type {self.name!r}", details) from None
+
+
+class Registry:
+    """Maps type names to handlers; the worker routes every task through one of these."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, TaskType] = {}
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        payload: type[BaseModel] | None = None,
+        max_retries: int | None = None,
+        timeout_seconds: float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Callable[[F], F]:
+        """Register a function (sync or async) as a task type.
+
+        The handler receives the payload (a dict, or an instance of `payload` when
+        given, validated at submit time), and a `TaskContext` as second argument
+        if it takes one. Sync handlers run in a thread so they never block the loop.
+        """
+
+        def register(handler: F) -> F:
+            type_name = name or handler.__name__
+            params = inspect.signature(handler).parameters
+            self._types[type_name] = TaskType(
+                name=type_name,
+                handler=handler,
+                is_async=inspect.iscoroutinefunction(handler),
+                wants_context=len(params) >= 2,
+                payload_model=payload,
+                max_retries=max_retries,
+                timeout_seconds=timeout_seconds,
+                queue=queue,
+                priority=priority,
+            )
+            return handler
+
+        return register
+
+    def get(self, name: str) -> TaskType:
+        try:
+            return self._types[name]
+        except KeyError:
+            raise UnknownTaskType(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+
+default_registry = Registry()
+"""Where `task_queue.task_type` registers, and what processes use unless told otherwise."""
+
+task_type = default_registry.task
+
+
+def load_modules(names: Iterable[str]) -> None:
+    """Import TASK_MODULES so their decorators register their types."""
+    for module in names:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"TASK_MODULES={module!r}: cannot be imported ({exc})") from None

@@ -1,0 +1,132 @@
+"""Runs `serve`, `api` and `worker` processes: signals, the HTTP server and the worker.
+
+One event loop holds everything. The first SIGTERM or SIGINT stops intake (the
+HTTP server stops accepting, the pool stops taking tasks) and drains for up to
+SHUTDOWN_TIMEOUT; a second one hands running tasks back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+import uvicorn
+
+from task_queue import backends
+from task_queue.api.app import create_app
+from task_queue.backends.base import Backend
+from task_queue.client import AsyncClient
+from task_queue.config import Settings
+from task_queue.errors import BackendUnavailable, ConfigError
+from task_queue.logs import get_logger
+from task_queue.registry import Registry
+from task_queue.worker.server import WorkerServer
+
+log = get_logger("task_queue.service")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: this process decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def listen(settings: Settings) -> socket.socket:
+    """Bind before anything starts, so a taken port is a clear start-up error."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"PORT={settings.port}: cannot listen on {settings.host}:{settings.port} "
+            f"({exc.strerror})"
+        ) from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def open_backend(settings: Settings) -> Backend:
+    backend = backends.create(settings)
+    try:
+        await backend.open()
+    except BackendUnavailable as exc:
+        variable = "REDIS_URL" if settings.backend == "redis" else "DATA_DIR"
+        raise ConfigError(f"{variable}: backend {settings.backend} unavailable: {exc}") from None
+    return backend
+
+
+async def run(settings: Settings, registry: Registry, *, api: bool, worker: bool) -> int:
+    """Serve until signalled; the exit code: 0 after a graceful stop, 1 when forced."""
+    stop, force = asyncio.Event(), asyncio.Event()
+    _handle_signals(stop, force)
+    sock = listen(settings) if api else None
+    backend = await open_backend(settings)
+    jobs: list[Coroutine[Any, Any, object]] = []
+    try:
+        if worker:
+            jobs.append(WorkerServer(backend, registry, settings).run(stop, force))
+        if api:
+            assert sock is not None
+            app = create_app(AsyncClient(backend, registry=registry), settings)
+            jobs.append(_serve_http(app, sock, settings, stop, force))
+        await asyncio.gather(*jobs)
+    finally:
+        await backend.close()
+    return EXIT_FORCED if force.is_set() else EXIT_OK
+
+
+def _handle_signals(stop: asyncio.Event, force: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("second signal: handing back running tasks and exiting", signal=sig.name)
+            force.set()
+        else:
+            log.info("shutting down", signal=sig.name)
+            stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+async def _serve_http(
+    app: object, sock: socket.socket, settings: Settings, stop: asyncio.Event, force: asyncio.Event
+) -> None:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        http="httptools",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+        backlog=2048,
+    )
+    server = _HttpServer(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    host, port = sock.getsockname()[:2]
+    log.info("listening", url=f"http://{host}:{port}", backend=settings.backend)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    forced = asyncio.create_task(force.wait())
+    await asyncio.wait({serving, forced}, return_when=asyncio.FIRST_COMPLETED)
+    if force.is_set():
+        server.force_exit = True
+    await serving
+    forced.cancel()
+    stopped.cancel()

@@ -1,0 +1,280 @@
+"""Runs tasks: up to WORKER_COUNT at once in one event loop.
+
+The pool takes as many tasks as it has free slots (no prefetch beyond them, so
+a high-priority task submitted while every slot is busy runs next), executes
+each handler under its timeout, turns the outcome into a transition of the
+task's state machine and stores it with the lease token. A slot is freed as
+soon as the handler returns; the acknowledgement is written afterwards, so a
+SQLite backend commits the acknowledgements and the next dequeue together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from task_queue.backends.base import Backend, LeaseReport, WorkerInfo
+from task_queue.config import Settings
+from task_queue.errors import (
+    BackendUnavailable,
+    LeaseLost,
+    PermanentError,
+    Retry,
+    UnknownTaskType,
+)
+from task_queue.logs import get_logger
+from task_queue.registry import Registry, TaskContext
+from task_queue.task import Task, TaskStatus
+
+log = get_logger("task_queue.worker")
+
+IDLE_POLL_SECONDS = 1.0
+ACK_ATTEMPTS = 8
+
+
+class Interrupt(enum.Enum):
+    """Why a running handler was cancelled: decides what is stored instead of its result."""
+
+    CANCELLED = "cancelled"
+    LEASE_LOST = "lease lost"
+    SHUTDOWN = "shutdown"
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: Registry,
+        settings: Settings,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.settings = settings
+        self.worker_id = worker_id
+        self.queues = list(queues)
+        self.capacity = settings.worker_count
+        self.lease_seconds = settings.lease_seconds
+        self.processed = 0
+        self.failed = 0
+        self._clock = backend.clock
+        self._threads = ThreadPoolExecutor(self.capacity, thread_name_prefix="task-queue-handler")
+        self._held: dict[str, str] = {}  # every task this pool holds a lease on: id -> token
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._interrupts: dict[str, Interrupt] = {}
+        self._executions: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def leases(self) -> dict[str, str]:
+        return dict(self._held)
+
+    def describe(self, info: WorkerInfo) -> None:
+        info.current_tasks = list(self._running)
+        info.state = "stopping" if self._stopping.is_set() else "busy" if self._running else "idle"
+        info.processed = self.processed
+        info.failed = self.failed
+
+    async def run(self) -> None:
+        """Take and start tasks until stop() is called."""
+        failures = 0
+        while not self._stopping.is_set():
+            free = self.capacity - len(self._running)
+            if free <= 0:
+                await self._until(self._slot_freed)
+                self._slot_freed.clear()
+                continue
+            try:
+                tasks = await self.backend.dequeue(
+                    self.queues, free, worker_id=self.worker_id, lease_seconds=self.lease_seconds
+                )
+            except BackendUnavailable as exc:
+                failures += 1
+                pause = min(0.1 * 2**failures, 10.0)
+                log.warning("backend unavailable, will retry", error=str(exc), retry_in=pause)
+                await self._until(self._stopping, pause)
+                continue
+            failures = 0
+            if self._stopping.is_set():
+                await asyncio.gather(*(self._hand_back(t) for t in tasks))
+                break
+            for task in tasks:
+                self._start(task)
+            if not tasks:
+                await self._idle()
+
+    async def _until(self, event: asyncio.Event, timeout: float | None = None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def _idle(self) -> None:
+        waiter = asyncio.ensure_future(self.backend.wait_for_work(IDLE_POLL_SECONDS))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+
+    def stop(self) -> None:
+        """Take no new tasks; running ones go on."""
+        self._stopping.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` for running tasks and their acknowledgements; True if all done."""
+        if not self._executions:
+            return True
+        _, pending = await asyncio.wait(set(self._executions), timeout=timeout)
+        return not pending
+
+    async def abort(self) -> None:
+        """Stop every running handler and hand its task back to the queue, unfinished."""
+        for task_id in list(self._running):
+            self._interrupt(task_id, Interrupt.SHUTDOWN)
+        if self._executions:
+            await asyncio.wait(set(self._executions), timeout=5.0)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def apply(self, report: LeaseReport) -> None:
+        """Act on a heartbeat's report: stop tasks whose lease is gone or that were cancelled."""
+        for task_id in report.lost:
+            self._interrupt(task_id, Interrupt.LEASE_LOST)
+        for task_id in report.cancel_requested:
+            self._interrupt(task_id, Interrupt.CANCELLED)
+
+    def _interrupt(self, task_id: str, reason: Interrupt) -> None:
+        execution = self._running.get(task_id)
+        if execution is not None and task_id not in self._interrupts:
+            self._interrupts[task_id] = reason
+            execution.cancel()
+
+    def _start(self, task: Task) -> None:
+        self._held[task.id] = task.lease_token or ""
+        execution = asyncio.create_task(self._execute(task))
+        self._running[task.id] = execution
+        self._executions.add(execution)
+        execution.add_done_callback(self._executions.discard)
+
+    async def _execute(self, task: Task) -> None:
+        bound = log.bind(
+            task_id=task.id, type=task.type, attempt=task.attempts, request_id=task.request_id
+        )
+        bound.info("task started", queue=task.queue, priority=task.priority)
+        started = time.perf_counter()
+        try:
+            outcome = await self._outcome(task, bound)
+        finally:
+            self._running.pop(task.id, None)
+            self._slot_freed.set()
+        if outcome is None:
+            self._held.pop(task.id, None)
+            bound.warning("task taken over by another worker: its result is dropped")
+            return
+        await self._acknowledge(outcome, task.lease_token or "", bound)
+        self._count(outcome)
+        fields: dict[str, Any] = {
+            "status": outcome.status.value,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if outcome.error is not None:
+            fields["error"] = outcome.error
+        if outcome.status is TaskStatus.RETRYING:
+            fields["retry_in"] = round(outcome.run_at - self._clock.now(), 3)
+        level = bound.info if outcome.status is TaskStatus.COMPLETED else bound.warning
+        level(f"task {outcome.status.value}", **fields)
+
+    async def _outcome(self, task: Task, bound: Any) -> Task | None:
+        """The transition that the handler's result or error calls for (None: lease lost)."""
+        try:
+            result = await self._call(task, bound)
+        except asyncio.CancelledError:
+            reason = self._interrupts.pop(task.id, None)
+            current = asyncio.current_task()
+            if reason is None or current is None:
+                raise
+            current.uncancel()
+            now = self._clock.now()
+            if reason is Interrupt.CANCELLED:
+                return task.cancelled(now)
+            if reason is Interrupt.SHUTDOWN:
+                return task.released(now)
+            return None
+        except (PermanentError, UnknownTaskType) as exc:
+            return task.failed(_describe(exc), self._clock.now())
+        except Retry as exc:
+            return self._retry_or_fail(task, _describe(exc), exc.delay)
+        except TimeoutError:
+            return self._retry_or_fail(task, f"timed out after {task.timeout_seconds:g} s", None)
+        except Exception as exc:
+            return self._retry_or_fail(task, _describe(exc), None)
+        return task.completed(result, self._clock.now())
+
+    def _retry_or_fail(self, task: Task, error: str, delay: float | None) -> Task:
+        return task.after_failure(
+            error,
+            self._clock.now(),
+            base=self.settings.retry_base_seconds,
+            cap=self.settings.retry_max_seconds,
+            delay=delay,
+        )
+
+    async def _call(self, task: Task, bound: Any) -> Any:
+        kind = self.registry.get(task.type)
+        payload = kind.validate(task.payload)
+        args: tuple[Any, ...] = (payload,)
+        if kind.wants_context:
+            args = (payload, TaskContext(task=task, settings=self.settings, logger=bound))
+        async with asyncio.timeout(task.timeout_seconds):
+            if kind.is_async:
+                result = await kind.handler(*args)
+            else:
+                loop = asyncio.get_running_loop()
+                call = functools.partial(kind.handler, *args)
+                result = await loop.run_in_executor(self._threads, call)
+        try:
+            orjson.dumps(result)
+        except TypeError as exc:
+            raise PermanentError(f"handler returned a result that is not JSON: {exc}") from None
+        return result
+
+    async def _acknowledge(self, outcome: Task, token: str, bound: Any) -> None:
+        """Store the outcome; while the backend is down keep trying, holding the lease."""
+        try:
+            for attempt in range(ACK_ATTEMPTS):
+                try:
+                    await self.backend.finish(outcome, token)
+                    return
+                except LeaseLost:
+                    bound.warning("lease lost before the result was stored: result dropped")
+                    return
+                except BackendUnavailable as exc:
+                    pause = min(0.1 * 2**attempt, 5.0)
+                    bound.warning("cannot store result yet", error=str(exc), retry_in=pause)
+                    await asyncio.sleep(pause)
+            bound.error("result not stored: the lease will expire and the task run again")
+        finally:
+            self._held.pop(outcome.id, None)
+
+    async def _hand_back(self, task: Task) -> None:
+        with contextlib.suppress(LeaseLost, BackendUnavailable):
+            await self.backend.finish(task.released(self._clock.now()), task.lease_token or "")
+
+    def _count(self, outcome: Task) -> None:
+        if outcome.status is TaskStatus.COMPLETED:
+            self.processed += 1
+        elif outcome.status in (TaskStatus.FAILED, TaskStatus.RETRYING):
+            self.processed += 1
+            self.failed += 1
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
