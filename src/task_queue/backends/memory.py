@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import uuid
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,7 +30,7 @@ from task_queue.errors import (
     QueueFull,
     TaskNotFound,
 )
-from task_queue.task import DELAYED_STATUSES, Task, TaskStatus
+from task_queue.task import DELAYED_STATUSES, Task, TaskStatus, new_lease_token
 
 
 class MemoryBackend(Backend):
@@ -155,7 +154,7 @@ class MemoryBackend(Backend):
             if task is None or task.status is not TaskStatus.PENDING:
                 continue
             leased = task.leased(
-                worker_id=worker_id, token=uuid.uuid4().hex, now=now, lease_seconds=lease_seconds
+                worker_id=worker_id, token=new_lease_token(), now=now, lease_seconds=lease_seconds
             )
             self._store(task, leased)
             taken.append(leased)
