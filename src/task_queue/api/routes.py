@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from task_queue.api.errors import ApiError, field_errors, json_response
@@ -45,6 +45,17 @@ def _client(request: Request) -> AsyncClient:
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+# Read from the request by hand: a declared Header parameter costs a fifth of a
+# submit's time in FastAPI's dependency solver.
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Same as the body's idempotency_key; the body's wins when both are given.",
+}
 
 
 async def _read_json(request: Request) -> Any:
@@ -99,15 +110,13 @@ def _log_submitted(outcome: list[Submitted]) -> None:
     "/tasks",
     status_code=201,
     responses={201: {"model": TaskOut}, 200: {"model": TaskOut}, **SUBMIT_ERRORS},
-    openapi_extra=_body_schema(TaskRequest),
+    openapi_extra={**_body_schema(TaskRequest), "parameters": [IDEMPOTENCY_HEADER]},
 )
-async def submit_task(
-    request: Request,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> Response:
+async def submit_task(request: Request) -> Response:
     """Queue one task; 200 with the first task when its idempotency key came before."""
     task_request = _with_header_key(
-        _validated(TaskRequest, await _read_json(request)), idempotency_key
+        _validated(TaskRequest, await _read_json(request)),
+        request.headers.get("idempotency-key"),
     )
     outcome = await _client(request).submit_requests(
         [task_request], request_id=request.state.request_id

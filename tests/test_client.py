@@ -1,0 +1,116 @@
+"""AsyncClient turns requests into tasks: validation, type defaults, delays, idempotency."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from task_queue._clock import ManualClock
+from task_queue.backends.memory import MemoryBackend
+from task_queue.client import AsyncClient, TaskRequest
+from task_queue.errors import IdempotencyConflict, PayloadError, UnknownTaskType
+from task_queue.registry import Registry
+from task_queue.task import TaskStatus
+
+
+class Greeting(BaseModel):
+    name: str
+
+
+@pytest.fixture
+async def client(clock: ManualClock) -> AsyncIterator[AsyncClient]:
+    registry = Registry()
+
+    @registry.task("greet", payload=Greeting, max_retries=7, queue="greetings", priority=4)
+    async def greet(payload: Greeting) -> str:
+        return f"hello {payload.name}"
+
+    @registry.task("plain")
+    def plain(payload: dict[str, Any]) -> None:
+        return None
+
+    backend = MemoryBackend(clock=clock)
+    yield AsyncClient(backend, registry=registry, clock=clock)
+    await backend.close()
+
+
+async def test_unset_options_take_the_type_defaults(client: AsyncClient) -> None:
+    task = await client.submit("greet", {"name": "Ada"})
+    assert (task.queue, task.priority, task.max_retries) == ("greetings", 4, 7)
+    assert task.timeout_seconds == 300
+
+
+async def test_given_options_beat_the_type_defaults(client: AsyncClient) -> None:
+    task = await client.submit("greet", {"name": "Ada"}, priority=9, queue="vip", max_retries=0)
+    assert (task.queue, task.priority, task.max_retries) == ("vip", 9, 0)
+
+
+async def test_unknown_type_is_refused_at_submit(client: AsyncClient) -> None:
+    with pytest.raises(UnknownTaskType):
+        await client.submit("nope")
+
+
+async def test_payload_is_validated_against_the_type_model_at_submit(
+    client: AsyncClient,
+) -> None:
+    with pytest.raises(PayloadError) as caught:
+        await client.submit("greet", {"name": 42})
+    assert caught.value.details[0]["field"] == "name"
+
+
+async def test_delay_makes_a_scheduled_task(client: AsyncClient, clock: ManualClock) -> None:
+    task = await client.submit("plain", delay_seconds=30)
+    assert task.status is TaskStatus.SCHEDULED
+    assert task.run_at == clock.now() + 30
+
+
+async def test_run_at_in_the_past_runs_now(client: AsyncClient, clock: ManualClock) -> None:
+    past = datetime.fromtimestamp(clock.now(), UTC) - timedelta(hours=1)
+    task = await client.submit("plain", run_at=past)
+    assert task.status is TaskStatus.PENDING
+    assert task.run_at == clock.now()
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad_field"),
+    [
+        ({"priority": 11}, "priority"),
+        ({"priority": -1}, "priority"),
+        ({"priority": "5"}, "priority"),
+        ({"max_retries": 101}, "max_retries"),
+        ({"payload": [1, 2]}, "payload"),
+        ({"run_at": "tomorrow"}, "run_at"),
+        ({"run_at": "2030-01-01T00:00:00"}, "run_at"),
+        ({"queue": "has spaces"}, "queue"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_requests_name_the_field(fields: dict[str, Any], bad_field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        TaskRequest.model_validate({"type": "plain", **fields})
+    assert caught.value.errors()[0]["loc"][0] == bad_field
+
+
+def test_delay_and_run_at_together_are_refused() -> None:
+    with pytest.raises(ValidationError, match="not both"):
+        TaskRequest(type="plain", delay_seconds=1, run_at=datetime.now(UTC))
+
+
+async def test_idempotency_key_returns_the_first_task_for_the_same_request(
+    client: AsyncClient,
+) -> None:
+    first = await client.submit("plain", {"a": 1}, idempotency_key="order-1")
+    again = await client.submit("plain", {"a": 1}, idempotency_key="order-1")
+    assert again.id == first.id
+    with pytest.raises(IdempotencyConflict):
+        await client.submit("plain", {"a": 2}, idempotency_key="order-1")
+
+
+async def test_wait_returns_the_task_as_it_is_when_time_runs_out(client: AsyncClient) -> None:
+    task = await client.submit("plain")
+    waited = await client.wait(task.id, timeout=0.01)
+    assert waited.status is TaskStatus.PENDING
