@@ -59,7 +59,7 @@ async def test_payload_is_validated_against_the_type_model_at_submit(
 ) -> None:
     with pytest.raises(PayloadError) as caught:
         await client.submit("greet", {"name": 42})
-    assert caught.value.details[0]["field"] == "name"
+    assert caught.value.details[0]["field"] == "payload.name"
 
 
 async def test_delay_makes_a_scheduled_task(client: AsyncClient, clock: ManualClock) -> None:

@@ -184,5 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         if not isinstance(exc, ValidationError):
             raise
-        sys.stderr.write(f"task-queue: invalid task: {exc.errors()[0]['msg']}\n")
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"]) or "task"
+        sys.stderr.write(f"task-queue: invalid task: {field}: {error['msg']}\n")
         raise SystemExit(EXIT_USAGE) from None

@@ -114,8 +114,8 @@ class AsyncClient:
             queue=_first(request.queue, kind.queue, DEFAULT_QUEUE),
             priority=_first(request.priority, kind.priority, 0),
             max_retries=_first(request.max_retries, kind.max_retries, DEFAULT_MAX_RETRIES),
-            timeout_seconds=_first(
-                request.timeout_seconds, kind.timeout_seconds, DEFAULT_TIMEOUT_SECONDS
+            timeout_seconds=float(
+                _first(request.timeout_seconds, kind.timeout_seconds, DEFAULT_TIMEOUT_SECONDS)
             ),
             idempotency_key=request.idempotency_key,
             request_hash=request.fingerprint() if request.idempotency_key else None,

@@ -59,7 +59,7 @@ class TaskType:
             return self.payload_model.model_validate(payload)
         except ValidationError as exc:
             details = [
-                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                {"field": ".".join(["payload", *(str(p) for p in e["loc"])]), "message": e["msg"]}
                 for e in exc.errors(include_url=False)
             ]
             raise PayloadError(f"invalid payload for task type {self.name!r}", details) from None

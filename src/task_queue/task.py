@@ -222,6 +222,16 @@ class Task:
         """A running task cannot be stopped from outside; its worker is asked to stop it."""
         return self._with(cancel_requested=True, updated_at=now)
 
+    def settled_over(self, stored: Task) -> Task:
+        """The outcome to store, given the task as stored now.
+
+        A cancel asked while the task ran wins over another attempt: a retry or a
+        hand-back becomes `cancelled` instead of running again.
+        """
+        if stored.cancel_requested and not self.status.is_final:
+            return self.cancelled(self.updated_at)
+        return self
+
     def requeued(self, now: float) -> Task:
         """Manual retry of a failed or cancelled task: a fresh start."""
         return self._unleased(

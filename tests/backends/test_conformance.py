@@ -339,3 +339,15 @@ async def test_no_queue_names_means_every_queue(backend: Backend, clock: ManualC
     await backend.enqueue([make(clock, queue="emails"), make(clock, 1, queue="reports")])
     taken = await backend.dequeue([], 5, worker_id="w", lease_seconds=LEASE)
     assert [t.queue for t in taken] == ["reports", "emails"]
+
+
+async def test_cancel_asked_while_running_wins_over_a_retry(
+    backend: Backend, clock: ManualClock
+) -> None:
+    await backend.enqueue([make(clock)])
+    [task] = await take(backend)
+    await backend.cancel(task.id)
+    await backend.finish(task.retrying("boom", clock.now(), 5), task.lease_token or "")
+    stored = await backend.get(task.id)
+    assert stored.status is TaskStatus.CANCELLED
+    assert await backend.expired(10) == []

@@ -148,8 +148,10 @@ class Backend(abc.ABC):
     async def finish(self, task: Task, token: str) -> None:
         """Store `task` (a transition of a leased task) if `token` still holds the lease.
 
-        Raises LeaseLost, changing nothing, when the lease was taken over,
-        handed back or the task was deleted. Idempotent for the lease holder.
+        What is stored is `task.settled_over(stored)`, so a cancel asked meanwhile
+        is not undone by a retry. Raises LeaseLost, changing nothing, when the
+        lease was taken over, handed back or the task was deleted; a second
+        finish with the same token is a LeaseLost too (the first one cleared it).
         """
 
     @abc.abstractmethod

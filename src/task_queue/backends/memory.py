@@ -167,7 +167,8 @@ class MemoryBackend(Backend):
         return current
 
     async def finish(self, task: Task, token: str) -> None:
-        self._store(self._leased(task.id, token), task)
+        current = self._leased(task.id, token)
+        self._store(current, task.settled_over(current))
 
     async def expired(self, limit: int) -> list[Task]:
         now = self.clock.now()
