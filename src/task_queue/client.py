@@ -158,10 +158,10 @@ class AsyncClient:
     async def retry(self, task_id: str) -> Task:
         return await self.backend.requeue(task_id)
 
-    async def list(
+    async def list_tasks(
         self, filter: TaskFilter | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> Page:
-        return await self.backend.list(filter or TaskFilter(), limit, cursor)
+        return await self.backend.list_tasks(filter or TaskFilter(), limit, cursor)
 
     async def stats(self) -> QueueStats:
         return await self.backend.stats()

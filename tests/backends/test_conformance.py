@@ -275,23 +275,23 @@ async def test_list_pages_newest_first_with_filters(backend: Backend, clock: Man
         tasks.append(make(clock, queue="a" if i % 2 else "b"))
         clock.advance(1)
     await backend.enqueue(tasks)
-    first = await backend.list(TaskFilter(), 2, None)
+    first = await backend.list_tasks(TaskFilter(), 2, None)
     assert [t.id for t in first.tasks] == [tasks[4].id, tasks[3].id]
     assert first.next_cursor
-    second = await backend.list(TaskFilter(), 2, first.next_cursor)
+    second = await backend.list_tasks(TaskFilter(), 2, first.next_cursor)
     assert [t.id for t in second.tasks] == [tasks[2].id, tasks[1].id]
-    rest = await backend.list(TaskFilter(), 2, second.next_cursor)
+    rest = await backend.list_tasks(TaskFilter(), 2, second.next_cursor)
     assert [t.id for t in rest.tasks] == [tasks[0].id]
     assert rest.next_cursor is None
-    only_a = await backend.list(TaskFilter(queue="a"), 10, None)
+    only_a = await backend.list_tasks(TaskFilter(queue="a"), 10, None)
     assert {t.id for t in only_a.tasks} == {tasks[1].id, tasks[3].id}
-    pending = await backend.list(TaskFilter(status=TaskStatus.PENDING, type="noop"), 10, None)
+    pending = await backend.list_tasks(TaskFilter(status=TaskStatus.PENDING, type="noop"), 10, None)
     assert len(pending.tasks) == 5
 
 
 async def test_list_rejects_a_foreign_cursor(backend: Backend) -> None:
     with pytest.raises(ValueError, match="cursor"):
-        await backend.list(TaskFilter(), 10, "not-a-cursor")
+        await backend.list_tasks(TaskFilter(), 10, "not-a-cursor")
 
 
 async def test_stats_count_by_status_and_type(backend: Backend, clock: ManualClock) -> None:

@@ -173,7 +173,7 @@ async def list_tasks(
 ) -> Response:
     """Tasks, newest first; pass next_cursor back as cursor for the next page."""
     try:
-        page = await _client(request).list(
+        page = await _client(request).list_tasks(
             TaskFilter(status=status, type=type, queue=queue), limit=limit, cursor=cursor
         )
     except ValueError as exc:

@@ -171,7 +171,7 @@ class Backend(abc.ABC):
         """The task, or TaskNotFound."""
 
     @abc.abstractmethod
-    async def list(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
+    async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
         """Newest first, with an opaque cursor; ValueError for a cursor it did not issue."""
 
     @abc.abstractmethod

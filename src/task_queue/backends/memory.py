@@ -188,7 +188,7 @@ class MemoryBackend(Backend):
         except KeyError:
             raise TaskNotFound(task_id) from None
 
-    async def list(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
+    async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
         start = _parse_cursor(cursor)
         matches: list[Task] = []
         last_seq = 0
