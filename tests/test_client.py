@@ -114,3 +114,18 @@ async def test_wait_returns_the_task_as_it_is_when_time_runs_out(client: AsyncCl
     task = await client.submit("plain")
     waited = await client.wait(task.id, timeout=0.01)
     assert waited.status is TaskStatus.PENDING
+
+
+def test_run_at_more_than_a_year_ahead_is_refused() -> None:
+    with pytest.raises(ValidationError, match="365 days"):
+        TaskRequest(type="plain", run_at=datetime(9999, 12, 31, tzinfo=UTC))
+
+
+def test_deeply_nested_payload_is_refused() -> None:
+    payload: dict[str, Any] = {}
+    inner = payload
+    for _ in range(40):
+        inner["x"] = {}
+        inner = inner["x"]
+    with pytest.raises(ValidationError, match="nests deeper"):
+        TaskRequest(type="plain", payload=payload)

@@ -8,14 +8,16 @@ The HTTP forms with the same methods live in `task_queue.http_client`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, Self, TypedDict, TypeVar, Unpack
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from task_queue import backends
 from task_queue._clock import Clock, SystemClock
@@ -32,6 +34,23 @@ StrictInt = Annotated[int, Field(strict=True)]
 QueueName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 MAX_WAIT_SECONDS = 60.0
+MAX_DELAY_SECONDS = 365 * 24 * 3600.0
+# Deeper than this is a mistake or an attack, and orjson cannot encode past 255 levels.
+MAX_PAYLOAD_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a JSON value (a scalar is 0)."""
+    deepest, level = 0, [(value, 0)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            if depth + 1 > MAX_PAYLOAD_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            level.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class TaskRequest(BaseModel):
@@ -45,9 +64,23 @@ class TaskRequest(BaseModel):
     queue: QueueName | None = None
     max_retries: Annotated[StrictInt | None, Field(ge=0, le=100)] = None
     timeout_seconds: Annotated[float | None, Field(gt=0, le=7 * 24 * 3600)] = None
-    delay_seconds: Annotated[float | None, Field(ge=0, le=365 * 24 * 3600)] = None
+    delay_seconds: Annotated[float | None, Field(ge=0, le=MAX_DELAY_SECONDS)] = None
     run_at: AwareDatetime | None = None
     idempotency_key: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+
+    @field_validator("payload")
+    @classmethod
+    def _shallow(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        if _depth(payload) > MAX_PAYLOAD_DEPTH:
+            raise ValueError(f"payload nests deeper than {MAX_PAYLOAD_DEPTH} levels")
+        return payload
+
+    @field_validator("run_at")
+    @classmethod
+    def _within_a_year(cls, run_at: datetime | None) -> datetime | None:
+        if run_at is not None and run_at.timestamp() > time.time() + MAX_DELAY_SECONDS:
+            raise ValueError("run_at must be within 365 days from now")
+        return run_at
 
     @model_validator(mode="after")
     def _one_way_to_delay(self) -> Self:
@@ -84,6 +117,7 @@ class AsyncClient:
         self.backend = backend
         self.registry = registry
         self.clock = clock or SystemClock()
+        self._stopping = asyncio.Event()
 
     @classmethod
     async def connect(cls, settings: Settings, *, registry: Registry = default_registry) -> Self:
@@ -140,17 +174,26 @@ class AsyncClient:
         return await self.backend.get(task_id)
 
     async def wait(self, task_id: str, timeout: float = MAX_WAIT_SECONDS) -> Task:
-        """The task once final, or as it is when `timeout` seconds have passed."""
+        """The task once final, or as it is when `timeout` seconds have passed.
+
+        Also as it is once `stop_waiting()` was called: a server shutting down
+        answers its long-polls instead of cutting them off.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pause = 0.005
         while True:
             task = await self.backend.get(task_id)
             left = deadline - loop.time()
-            if task.status.is_final or left <= 0:
+            if task.status.is_final or left <= 0 or self._stopping.is_set():
                 return task
-            await asyncio.sleep(min(pause, left))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(pause, left))
             pause = min(pause * 2, 0.25)
+
+    def stop_waiting(self) -> None:
+        """End every wait() now and from now on, each with the task as it is."""
+        self._stopping.set()
 
     async def cancel(self, task_id: str) -> Task:
         return await self.backend.cancel(task_id)

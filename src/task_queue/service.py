@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import socket
 from collections.abc import Coroutine, Generator
@@ -80,8 +81,9 @@ async def run(settings: Settings, registry: Registry, *, api: bool, worker: bool
             jobs.append(WorkerServer(backend, registry, settings).run(stop, force))
         if api:
             assert sock is not None
-            app = create_app(AsyncClient(backend, registry=registry), settings)
-            jobs.append(_serve_http(app, sock, settings, stop, force))
+            client = AsyncClient(backend, registry=registry)
+            app = create_app(client, settings)
+            jobs.append(_serve_http(app, client, sock, settings, stop, force))
         await asyncio.gather(*jobs)
     finally:
         await backend.close()
@@ -104,7 +106,12 @@ def _handle_signals(stop: asyncio.Event, force: asyncio.Event) -> None:
 
 
 async def _serve_http(
-    app: object, sock: socket.socket, settings: Settings, stop: asyncio.Event, force: asyncio.Event
+    app: object,
+    client: AsyncClient,
+    sock: socket.socket,
+    settings: Settings,
+    stop: asyncio.Event,
+    force: asyncio.Event,
 ) -> None:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -113,7 +120,8 @@ async def _serve_http(
         log_config=None,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+        # Whole seconds only; never None, which would let a request hold shutdown forever.
+        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
         backlog=2048,
     )
     server = _HttpServer(config)
@@ -123,6 +131,7 @@ async def _serve_http(
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
+    client.stop_waiting()
     forced = asyncio.create_task(force.wait())
     await asyncio.wait({serving, forced}, return_when=asyncio.FIRST_COMPLETED)
     if force.is_set():

@@ -351,3 +351,26 @@ async def test_cancel_asked_while_running_wins_over_a_retry(
     stored = await backend.get(task.id)
     assert stored.status is TaskStatus.CANCELLED
     assert await backend.expired(10) == []
+
+
+async def test_a_key_repeated_within_one_batch_is_one_task(
+    backend: Backend, clock: ManualClock
+) -> None:
+    first, again = (
+        make(clock, idempotency_key="k", request_hash="h"),
+        make(clock, idempotency_key="k", request_hash="h"),
+    )
+    results = await backend.enqueue([first, again])
+    assert [(r.task.id, r.created) for r in results] == [(first.id, True), (first.id, False)]
+    with pytest.raises(IdempotencyConflict):
+        await backend.enqueue(
+            [
+                make(clock, idempotency_key="j", request_hash="h1"),
+                make(clock, idempotency_key="j", request_hash="h2"),
+            ]
+        )
+
+
+async def test_a_cursor_too_long_to_be_ours_is_refused(backend: Backend) -> None:
+    with pytest.raises(ValueError, match="cursor"):
+        await backend.list_tasks(TaskFilter(), 10, "9" * 30)

@@ -39,6 +39,17 @@ class Page:
     next_cursor: str | None
 
 
+# Cursors are submit sequence numbers; more digits than a 64-bit integer has is no cursor.
+_CURSOR_DIGITS = 18
+
+
+def parse_cursor(cursor: str) -> int:
+    """The sequence number in a cursor that list_tasks issued; ValueError for anything else."""
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= _CURSOR_DIGITS):
+        raise ValueError(f"invalid cursor {cursor[:40]!r}")
+    return int(cursor)
+
+
 # A worker that has not sent a heartbeat for this many of its intervals is gone.
 WORKER_EXPIRY_HEARTBEATS = 3
 

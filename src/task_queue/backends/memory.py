@@ -22,6 +22,7 @@ from task_queue.backends.base import (
     Submitted,
     TaskFilter,
     WorkerInfo,
+    parse_cursor,
 )
 from task_queue.errors import (
     IdempotencyConflict,
@@ -60,35 +61,33 @@ class MemoryBackend(Backend):
         return {"type": self.name, "tasks": len(self._tasks)}
 
     async def enqueue(self, tasks: Sequence[Task]) -> list[Submitted]:
-        results: list[Submitted | None] = []
-        fresh = 0
+        planned: list[Submitted] = []
+        earlier: dict[str, Task] = {}  # keys seen in this batch count like stored ones
         for task in tasks:
-            existing = self._by_idempotency_key(task)
-            results.append(existing)
-            fresh += existing is None
+            key = task.idempotency_key
+            first = None if key is None else earlier.get(key) or self._by_key(key)
+            if first is None:
+                planned.append(Submitted(task, created=True))
+                if key is not None:
+                    earlier[key] = task
+            elif first.request_hash != task.request_hash:
+                raise IdempotencyConflict(
+                    f"idempotency key {key!r} was used with a different request"
+                )
+            else:
+                planned.append(Submitted(first, created=False))
+        fresh = sum(item.created for item in planned)
         if self._waiting + fresh > self.max_waiting:
             raise QueueFull(f"queue holds {self._waiting} waiting tasks (limit {self.max_waiting})")
-        out = []
-        for task, existing in zip(tasks, results, strict=True):
-            if existing is None:
-                self._insert(task)
-                existing = Submitted(task, created=True)
-            out.append(existing)
+        for item in planned:
+            if item.created:
+                self._insert(item.task)
         self._work.set()
-        return out
+        return planned
 
-    def _by_idempotency_key(self, task: Task) -> Submitted | None:
-        if task.idempotency_key is None:
-            return None
-        task_id = self._idempotency.get(task.idempotency_key)
-        if task_id is None:
-            return None
-        first = self._tasks[task_id]
-        if first.request_hash != task.request_hash:
-            raise IdempotencyConflict(
-                f"idempotency key {task.idempotency_key!r} was used with a different request"
-            )
-        return Submitted(first, created=False)
+    def _by_key(self, key: str) -> Task | None:
+        task_id = self._idempotency.get(key)
+        return None if task_id is None else self._tasks[task_id]
 
     def _insert(self, task: Task) -> None:
         seq = next(self._counter)
@@ -189,7 +188,7 @@ class MemoryBackend(Backend):
             raise TaskNotFound(task_id) from None
 
     async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
-        start = _parse_cursor(cursor)
+        start = None if cursor is None else parse_cursor(cursor)
         matches: list[Task] = []
         last_seq = 0
         for task_id in reversed(self._tasks):
@@ -283,14 +282,6 @@ class MemoryBackend(Backend):
         except TimeoutError:
             return
         self._work.clear()
-
-
-def _parse_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    if not cursor.isdigit():
-        raise ValueError(f"invalid cursor {cursor!r}")
-    return int(cursor)
 
 
 def _matches(task: Task, filter: TaskFilter) -> bool:

@@ -36,6 +36,7 @@ from task_queue.backends.base import (
     Submitted,
     TaskFilter,
     WorkerInfo,
+    parse_cursor,
 )
 from task_queue.errors import (
     BackendUnavailable,
@@ -531,7 +532,7 @@ class SQLiteBackend(Backend):
         params: list[Any] = [str(value) for value in wanted.values() if value is not None]
         if cursor is not None:
             where.append("seq < ?")
-            params.append(_parse_cursor(cursor))
+            params.append(parse_cursor(cursor))
         condition = f" WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT {_COLUMNS} FROM tasks{condition} ORDER BY seq DESC LIMIT ?"
         rows = await self._read(lambda conn: conn.execute(sql, (*params, limit + 1)).fetchall())
@@ -619,9 +620,3 @@ def _worker(row: Sequence[Any]) -> WorkerInfo:
     values["queues"] = orjson.loads(values["queues"])
     values["current_tasks"] = orjson.loads(values["current_tasks"])
     return WorkerInfo(**values)
-
-
-def _parse_cursor(cursor: str) -> int:
-    if not (cursor.isascii() and cursor.isdigit()):
-        raise ValueError(f"invalid cursor {cursor!r}")
-    return int(cursor)

@@ -127,6 +127,7 @@ class WorkerPool:
     def stop(self) -> None:
         """Take no new tasks; running ones go on."""
         self._stopping.set()
+        self._slot_freed.set()  # a pool waiting for a free slot hears it too
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for running tasks and their acknowledgements; True if all done."""

@@ -1,0 +1,61 @@
+"""Fixtures that run real `task-queue` processes.
+
+Servers that tests cannot disturb are shared by the whole session (start-ups
+are the slow part); tests that signal, kill or restart processes get their own
+through `launch`. Every process is stopped at teardown, SIGKILL if need be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.processes import Launcher, TaskQueueProcess
+
+# Short retries keep the retry tests fast; a short drain keeps teardown fast.
+SHARED_SETTINGS: dict[str, Any] = {
+    "WORKER_COUNT": 4,
+    "RETRY_BASE_SECONDS": 0.2,
+    "RETRY_MAX_SECONDS": 2,
+    "SHUTDOWN_TIMEOUT": 5,
+}
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launcher]:
+    """Start processes for one test: `launch.start("serve", WORKER_COUNT=1)`."""
+    launcher = Launcher(tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture(scope="session")
+def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskQueueProcess]:
+    """`task-queue serve` on the memory backend, shared by the tests that only submit and read."""
+    launcher = Launcher(tmp_path_factory.mktemp("memory-server"))
+    try:
+        yield launcher.start("serve", QUEUE_BACKEND="memory", **SHARED_SETTINGS)
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskQueueProcess]:
+    """`task-queue serve` on the default backend (SQLite in DATA_DIR), shared likewise."""
+    launcher = Launcher(tmp_path_factory.mktemp("sqlite-server"))
+    try:
+        yield launcher.start("serve", **SHARED_SETTINGS)
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def any_server(request: pytest.FixtureRequest) -> TaskQueueProcess:
+    """Each shared server in turn, for behaviour every backend must show alike."""
+    server: TaskQueueProcess = request.getfixturevalue(f"{request.param}_server")
+    return server
