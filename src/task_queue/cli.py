@@ -152,13 +152,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command in ("serve", "api", "worker"):
             from task_queue import service
 
-            code = _run(
-                service.run(
-                    settings,
-                    default_registry,
-                    api=args.command != "worker",
-                    worker=args.command != "api",
-                )
+            code = service.start(
+                settings,
+                default_registry,
+                api=args.command != "worker",
+                worker=args.command != "api",
             )
             # Handler threads still running after a forced stop must not hold the exit.
             logging.shutdown()

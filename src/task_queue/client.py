@@ -145,11 +145,11 @@ class AsyncClient:
             request.payload,
             now=now,
             run_at=run_at,
-            queue=_first(request.queue, kind.queue, DEFAULT_QUEUE),
+            queue=request.queue or kind.queue or DEFAULT_QUEUE,
             priority=_first(request.priority, kind.priority, 0),
             max_retries=_first(request.max_retries, kind.max_retries, DEFAULT_MAX_RETRIES),
             timeout_seconds=float(
-                _first(request.timeout_seconds, kind.timeout_seconds, DEFAULT_TIMEOUT_SECONDS)
+                request.timeout_seconds or kind.timeout_seconds or DEFAULT_TIMEOUT_SECONDS
             ),
             idempotency_key=request.idempotency_key,
             request_hash=request.fingerprint() if request.idempotency_key else None,
@@ -210,8 +210,11 @@ class AsyncClient:
         return await self.backend.stats()
 
 
-def _first(*values: T | None) -> T:
-    return next(v for v in values if v is not None)
+def _first(given: int | None, default: int | None, fallback: int) -> int:
+    """The first that is set: 0 is a value here, unlike for names and timeouts."""
+    if given is not None:
+        return given
+    return fallback if default is None else default
 
 
 class BlockingRunner:

@@ -33,6 +33,7 @@ class Settings(BaseModel):
     port: int = Field(8080, ge=1, le=65535)
     host: str = "0.0.0.0"
     worker_count: int = Field(5, ge=1, le=10_000)
+    http_workers: int = Field(1, ge=1, le=64)
     queue_size: int = Field(1000, ge=1)
     queue_backend: Literal["memory", "sqlite", "redis"] | None = None
     redis_url: str = ""

@@ -7,6 +7,7 @@ land in the same place with the same format.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,19 @@ import structlog
 from task_queue.errors import ConfigError
 
 
+def _add_pid(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    # Looked up per line, not once: HTTP_WORKERS forks copies after logging is set up.
+    event["pid"] = os.getpid()
+    return event
+
+
 def configure(level: str = "info", fmt: str = "json", file: Path | None = None) -> None:
     """Route every log line of the process (ours, uvicorn's) through one renderer."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        _add_pid,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Any = (

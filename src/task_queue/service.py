@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import signal
 import socket
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Sequence
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from task_queue import backends
 from task_queue.api.app import create_app
@@ -31,6 +33,7 @@ log = get_logger("task_queue.service")
 
 EXIT_OK = 0
 EXIT_FORCED = 1
+PARENT_CHECK_SECONDS = 1.0
 
 
 class _HttpServer(uvicorn.Server):
@@ -69,13 +72,63 @@ async def open_backend(settings: Settings) -> Backend:
     return backend
 
 
-async def run(settings: Settings, registry: Registry, *, api: bool, worker: bool) -> int:
+def start(settings: Settings, registry: Registry, *, api: bool, worker: bool) -> int:
+    """Run this process, and HTTP_WORKERS - 1 forked copies sharing its socket; the exit code.
+
+    One process serves HTTP on one core; copies that accept on the same socket
+    use the others. The parent binds first (a taken port is a start-up error),
+    passes every signal on to its copies, and exits after they have.
+    """
+    sock = listen(settings) if api else None
+    copies = settings.http_workers - 1 if api else 0
+    if copies and settings.backend == "memory":
+        raise ConfigError(
+            f"HTTP_WORKERS={settings.http_workers}: the memory backend lives in one process; "
+            "use sqlite or redis to serve from several"
+        )
+    children = []
+    for _ in range(copies):
+        pid = os.fork()
+        if pid == 0:
+            # Its own process group: a terminal's Ctrl-C reaches the parent only,
+            # which passes it on once, so it never counts as a second signal here.
+            os.setpgid(0, 0)
+            parent = os.getppid()
+            return _in_loop(
+                run(settings, registry, api=api, worker=worker, sock=sock, parent=parent)
+            )
+        children.append(pid)
+    code = _in_loop(run(settings, registry, api=api, worker=worker, sock=sock, children=children))
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        code = max(code, os.waitstatus_to_exitcode(status))
+    return code
+
+
+def _in_loop(main: Coroutine[Any, Any, int]) -> int:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+async def run(
+    settings: Settings,
+    registry: Registry,
+    *,
+    api: bool,
+    worker: bool,
+    sock: socket.socket | None = None,
+    children: Sequence[int] = (),
+    parent: int | None = None,
+) -> int:
     """Serve until signalled; the exit code: 0 after a graceful stop, 1 when forced."""
     stop, force = asyncio.Event(), asyncio.Event()
-    _handle_signals(stop, force)
-    sock = listen(settings) if api else None
+    _handle_signals(stop, force, children)
+    if api and sock is None:
+        sock = listen(settings)
     backend = await open_backend(settings)
     jobs: list[Coroutine[Any, Any, object]] = []
+    if parent is not None:
+        jobs.append(_stop_when_orphaned(parent, stop))
     try:
         if worker:
             jobs.append(WorkerServer(backend, registry, settings).run(stop, force))
@@ -90,10 +143,24 @@ async def run(settings: Settings, registry: Registry, *, api: bool, worker: bool
     return EXIT_FORCED if force.is_set() else EXIT_OK
 
 
-def _handle_signals(stop: asyncio.Event, force: asyncio.Event) -> None:
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A forked copy whose parent died (SIGKILL) shuts down instead of serving on alone."""
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("parent process is gone: shutting down", parent=parent)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PARENT_CHECK_SECONDS)
+
+
+def _handle_signals(stop: asyncio.Event, force: asyncio.Event, children: Sequence[int]) -> None:
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         if stop.is_set():
             log.warning("second signal: handing back running tasks and exiting", signal=sig.name)
             force.set()
@@ -127,7 +194,7 @@ async def _serve_http(
     server = _HttpServer(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     host, port = sock.getsockname()[:2]
-    log.info("listening", url=f"http://{host}:{port}", backend=settings.backend)
+    log.info("listening", url=f"http://{host}:{port}", backend=settings.backend, pid=os.getpid())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True

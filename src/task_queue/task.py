@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import os
 import random
 import uuid
@@ -57,8 +58,13 @@ def new_lease_token() -> str:
 
 
 def rfc3339(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
+    return None if timestamp is None else _rfc3339(timestamp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rfc3339(timestamp: float) -> str:
+    # Cached: a task's times repeat (created, run_at and updated are one instant
+    # at submit) and every read of a task renders all of them again.
     moment = datetime.fromtimestamp(timestamp, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -374,3 +374,23 @@ async def test_a_key_repeated_within_one_batch_is_one_task(
 async def test_a_cursor_too_long_to_be_ours_is_refused(backend: Backend) -> None:
     with pytest.raises(ValueError, match="cursor"):
         await backend.list_tasks(TaskFilter(), 10, "9" * 30)
+
+
+async def test_waiting_count_follows_every_kind_of_change(
+    backend: Backend, clock: ManualClock
+) -> None:
+    backend.max_waiting = 100
+    later = make(clock, run_at=clock.now() + 5)
+    await backend.enqueue([make(clock) for _ in range(6)] + [later])
+    a, b, c, d = await take(backend, 4)
+    await backend.finish(a.completed(None, clock.now()), a.lease_token or "")
+    await backend.finish(b.retrying("x", clock.now(), 1), b.lease_token or "")
+    await backend.finish(c.failed("x", clock.now()), c.lease_token or "")
+    await backend.finish(d.released(clock.now()), d.lease_token or "")
+    await backend.cancel(later.id)
+    await backend.requeue(c.id)
+    clock.advance(2)
+    await backend.promote_due()
+    stats = await backend.stats()
+    counted = sum(stats.by_status.get(s, 0) for s in ("pending", "scheduled", "retrying"))
+    assert stats.waiting == counted == 5

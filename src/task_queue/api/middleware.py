@@ -46,20 +46,21 @@ class RequestLog:
                 ]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                route = scope.get("route")
-                client = scope.get("client")
-                log.info(
-                    "request",
-                    method=scope["method"],
-                    path=getattr(route, "path", scope["path"]),
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                    client=client[0] if client else None,
-                )
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            client = scope.get("client")
+            log.info(
+                "request",
+                method=scope["method"],
+                path=getattr(route, "path", scope["path"]),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                client=client[0] if client else None,
+            )
+            structlog.contextvars.reset_contextvars(**bound)
 
 
 def _incoming_id(scope: Scope) -> str | None:
