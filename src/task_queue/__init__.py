@@ -18,6 +18,7 @@ from task_queue.errors import (
     TaskQueueError,
 )
 from task_queue.http_client import AsyncHttpClient, HttpClient
+from task_queue import processors  # noqa: F401 - importing it registers the built-in types
 from task_queue.registry import Registry, TaskContext, default_registry, task_type
 from task_queue.task import Task, TaskStatus
 

@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 import uvloop
 
-from task_queue import processors
 from task_queue.backends.base import QueueStats
 from task_queue.client import AsyncClient, SubmitOptions, TaskRequest
 from task_queue.config import Settings
@@ -24,8 +23,6 @@ from task_queue.registry import default_registry, load_modules
 from task_queue.task import Task
 
 EXIT_USAGE = 2
-
-assert processors  # imported for its side effect: the built-in types register
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:

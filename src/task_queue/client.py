@@ -22,7 +22,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from task_queue import backends
 from task_queue._clock import Clock, SystemClock
 from task_queue.backends.base import Backend, Page, QueueStats, Submitted, TaskFilter
-from task_queue.registry import Registry, default_registry
+from task_queue.registry import Registry, default_registry, load_modules
 from task_queue.task import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_TIMEOUT_SECONDS, Task
 
 if TYPE_CHECKING:
@@ -121,7 +121,11 @@ class AsyncClient:
 
     @classmethod
     async def connect(cls, settings: Settings, *, registry: Registry = default_registry) -> Self:
-        """A client on the backend the settings name, opened and ready."""
+        """A client on the backend the settings name, opened and ready.
+
+        Imports TASK_MODULES as the server does, so custom types validate here too.
+        """
+        load_modules(settings.task_modules)
         backend = backends.create(settings)
         await backend.open()
         return cls(backend, registry=registry)
