@@ -6,6 +6,7 @@ Submit work from Python with `Client` (or `AsyncClient`), from anywhere with
 
 __version__ = "0.1.0"
 
+from task_queue import processors  # noqa: F401 - importing it registers the built-in types
 from task_queue.client import AsyncClient, Client, TaskRequest
 from task_queue.errors import (
     BackendUnavailable,
@@ -18,7 +19,6 @@ from task_queue.errors import (
     TaskQueueError,
 )
 from task_queue.http_client import AsyncHttpClient, HttpClient
-from task_queue import processors  # noqa: F401 - importing it registers the built-in types
 from task_queue.registry import Registry, TaskContext, default_registry, task_type
 from task_queue.task import Task, TaskStatus
 
