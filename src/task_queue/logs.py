@@ -1,17 +1,21 @@
 """Structured logging: JSON lines (or text) to stderr and LOG_FILE.
 
-structlog renders; the standard library routes, so uvicorn's and our own lines
-land in the same place with the same format.
+Our own lines go from structlog straight to the outputs, rendered by orjson:
+a task logs two lines, and the standard library's LogRecord path cost five
+times as much per line, a third of a no-op task's whole cost. Lines of other
+libraries (uvicorn) still come through the standard library, rendered alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import orjson
 import structlog
 
 from task_queue.errors import ConfigError
@@ -23,8 +27,34 @@ def _add_pid(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+class _Outputs:
+    """A structlog logger writing every rendered line to each output, unbuffered."""
+
+    def __init__(self, name: str, outputs: list[IO[bytes]]) -> None:
+        self.name = name
+        self._outputs = outputs
+
+    def msg(self, line: str | bytes) -> None:
+        data = (line if isinstance(line, bytes) else line.encode()) + b"\n"
+        for output in self._outputs:
+            # A closed stderr or a full disk loses the line, never the work: a log
+            # call that raised inside a signal handler would leave shutdown undone.
+            with contextlib.suppress(OSError, ValueError):
+                output.write(data)
+                output.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
 def configure(level: str = "info", fmt: str = "json", file: Path | None = None) -> None:
-    """Route every log line of the process (ours, uvicorn's) through one renderer."""
+    """Route every log line of the process (ours, uvicorn's) to stderr and `file`."""
+    outputs: list[IO[bytes]] = [sys.stderr.buffer]
+    if file is not None:
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            outputs.append(open(file, "ab"))  # noqa: SIM115 - open for the process's life
+        except OSError as exc:
+            raise ConfigError(f"LOG_FILE={str(file)!r}: cannot be written ({exc})") from None
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -32,11 +62,27 @@ def configure(level: str = "info", fmt: str = "json", file: Path | None = None) 
         _add_pid,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+    ours: Any
+    theirs: Any
+    if fmt == "json":
+        # The standard library's Formatter must return str; orjson renders bytes.
+        ours = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        theirs = structlog.processors.JSONRenderer()
+    else:
+        ours = theirs = structlog.dev.ConsoleRenderer(colors=False)
+    threshold = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, ours],
+        logger_factory=lambda name="task_queue", *_: _Outputs(name, outputs),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        cache_logger_on_first_use=True,
     )
+    _route_standard_logging(shared, theirs, outputs, threshold)
+
+
+def _route_standard_logging(
+    shared: list[Any], renderer: Any, outputs: list[IO[bytes]], threshold: int
+) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
@@ -45,32 +91,35 @@ def configure(level: str = "info", fmt: str = "json", file: Path | None = None) 
             renderer,
         ],
     )
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if file is not None:
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(file, encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"LOG_FILE={str(file)!r}: cannot be written ({exc})") from None
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
         old.close()
-    for handler in handlers:
+    for output in outputs:
+        handler = logging.StreamHandler(_Text(output))
         handler.setFormatter(formatter)
         root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(threshold)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     # Request lines come from our own middleware, with the request id.
     logging.getLogger("uvicorn.access").disabled = True
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        cache_logger_on_first_use=True,
-    )
+
+
+class _Text:
+    """A text view of a binary output, for the standard library's StreamHandler."""
+
+    def __init__(self, output: IO[bytes]) -> None:
+        self._output = output
+
+    def write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._output.write(text.encode())
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._output.flush()
 
 
 def get_logger(name: str) -> Any:

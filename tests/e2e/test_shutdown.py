@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.e2e.processes import Launcher, RawRequest, TaskQueueProcess, wait_for
+from tests.e2e.processes import (
+    TASK_QUEUE,
+    Launcher,
+    RawRequest,
+    TaskQueueProcess,
+    free_port,
+    process_env,
+    wait_for,
+)
 
 MARGIN_SECONDS = 10.0  # start-up of the exit path, handing back, closing SQLite
 DRAIN_SECONDS = 15  # SHUTDOWN_TIMEOUT where the running task must be let finish
@@ -152,3 +163,27 @@ def test_sigterm_answers_an_open_long_poll_and_exits_within_shutdown_timeout(
     assert headers["content-type"] == "application/json"
     assert status in (200, 503)
     assert ("id" if status == 200 else "error") in json.loads(body)
+
+
+def test_sigterm_stops_the_process_even_when_its_stderr_is_gone(tmp_path: Path) -> None:
+    port = free_port()
+    env = process_env({"QUEUE_BACKEND": "memory", "PORT": port, "DATA_DIR": tmp_path})
+    server = subprocess.Popen([TASK_QUEUE, "serve"], env=env, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _live(port), 15, "the server to answer")
+        assert server.stderr is not None
+        server.stderr.close()  # every log line from now on hits a broken pipe
+
+        server.send_signal(signal.SIGTERM)
+
+        assert server.wait(MARGIN_SECONDS) == 0
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _live(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/v1/health/live").status_code == 200
+    except httpx.TransportError:
+        return False
