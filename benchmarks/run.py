@@ -3,9 +3,10 @@
     make bench            (or: .venv/bin/python benchmarks/run.py [--quick])
 
 1. Queue throughput: `task-queue bench` (20,000 no-op tasks, one process,
-   WORKER_COUNT 10, 50 concurrent submitters) on the memory and SQLite backends.
+   WORKER_COUNT 10, 50 concurrent submitters) on the memory and SQLite backends,
+   at the default LOG_LEVEL=info (two lines per task) and at warning.
 2. HTTP submit: wrk (Debian package `wrk`) with 50 connections for 10 s against a
-   real `task-queue api` process, on each backend.
+   real `task-queue api` process, on each backend, and with HTTP_WORKERS=2 on SQLite.
 Numbers go into docs/benchmarks.md with the date and the machine.
 """
 
@@ -27,15 +28,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).with_name("task-queue"))
-QUIET = {"LOG_LEVEL": "warning", "LOG_FILE": ""}
+# Log lines go to stderr, which the benchmark discards; no log file.
+LOGS = {"LOG_FILE": ""}
 
 
-def queue_throughput(backend: str, tasks: int) -> dict[str, object]:
+def queue_throughput(backend: str, tasks: int, log_level: str) -> dict[str, object]:
     out = subprocess.run(
         [CLI, "bench", "--backend", backend, "--tasks", str(tasks), "--concurrency", "10"],
-        env={**os.environ, **QUIET},
+        env={**os.environ, **LOGS, "LOG_LEVEL": log_level},
         check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
     ).stdout
     result: dict[str, object] = json.loads(out)
@@ -67,7 +70,7 @@ def http_submit(backend: str, seconds: int, extra_env: dict[str, str]) -> dict[s
     with tempfile.TemporaryDirectory(prefix="task-queue-http-bench-") as data_dir:
         env = {
             **os.environ,
-            **QUIET,
+            **LOGS,
             "QUEUE_BACKEND": backend,
             "QUEUE_SIZE": "100000000",
             "PORT": str(port),
@@ -77,7 +80,7 @@ def http_submit(backend: str, seconds: int, extra_env: dict[str, str]) -> dict[s
             "TASK_MODULES": "benchmarks.noop_tasks",
             **extra_env,
         }
-        server = subprocess.Popen([CLI, "api"], env=env)
+        server = subprocess.Popen([CLI, "api"], env=env, stderr=subprocess.DEVNULL)
         try:
             _wait_live(port, time.monotonic() + 20)
             out = subprocess.run(
@@ -119,17 +122,24 @@ def main() -> None:
     print()
     print("| measurement | backend | result |")
     print("|---|---|---|")
-    for backend in ("memory", "sqlite"):
-        result = queue_throughput(backend, tasks)
+    for backend, level in (
+        ("memory", "info"),
+        ("memory", "warning"),
+        ("sqlite", "info"),
+        ("sqlite", "warning"),
+    ):
+        result = queue_throughput(backend, tasks, level)
         print(
-            f"| queue end to end, {tasks} no-op tasks, WORKER_COUNT 10 | {backend} "
+            f"| queue end to end, {tasks} no-op tasks, WORKER_COUNT 10, LOG_LEVEL={level} "
+            f"| {backend} "
             f"| {result['end_to_end_per_second']} tasks/s "
             f"(submit alone {result['submit_per_second']}/s) |"
         )
-    for backend in ("memory", "sqlite"):
-        result = http_submit(backend, seconds, {})
+    for backend, processes in (("memory", 1), ("sqlite", 1), ("sqlite", 2)):
+        result = http_submit(backend, seconds, {"HTTP_WORKERS": str(processes)})
         print(
-            f"| HTTP submit, wrk 50 connections {seconds} s | {backend} "
+            f"| HTTP submit, wrk 50 connections {seconds} s, HTTP_WORKERS={processes}, "
+            f"LOG_LEVEL=info | {backend} "
             f"| {result['requests_per_second']} req/s, mean latency {result['mean_latency']}, "
             f"{result['refused']} refused |"
         )

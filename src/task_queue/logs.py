@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +26,23 @@ def _add_pid(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     # Looked up per line, not once: HTTP_WORKERS forks copies after logging is set up.
     event["pid"] = os.getpid()
     return event
+
+
+class _Timestamp:
+    """structlog's UTC ISO 8601 stamp, with the whole-second part formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event
 
 
 class _Outputs:
@@ -60,7 +78,7 @@ def configure(level: str = "info", fmt: str = "json", file: Path | None = None) 
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         _add_pid,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Timestamp(),
     ]
     ours: Any
     theirs: Any
