@@ -45,6 +45,7 @@ class Settings(BaseModel):
     retry_max_seconds: Seconds = 300.0
     result_ttl_seconds: Seconds = 7 * 24 * 3600.0
     allow_private_urls: bool = False
+    image_max_bytes: int = Field(20 * 1024 * 1024, ge=1)
     rate_limit: float = Field(100.0, ge=0)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     api_keys: list[str] = Field(default_factory=list)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 from pydantic import BaseModel, ValidationError
 
 from task_queue.errors import ConfigError, PayloadError, UnknownTaskType
@@ -26,11 +27,16 @@ F = TypeVar("F", bound=Handler)
 
 @dataclass(slots=True, frozen=True)
 class TaskContext:
-    """What a handler may need besides its payload: the task itself and the settings."""
+    """What a handler may need besides its payload.
+
+    `http` is one httpx client per worker process, shared by every task it runs,
+    so connections to the same hosts are pooled and reused.
+    """
 
     task: Task
     settings: Settings
     logger: Any
+    http: httpx.AsyncClient
 
     @property
     def data_dir(self) -> Path:

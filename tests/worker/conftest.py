@@ -48,6 +48,7 @@ async def pool(
     workers.stop()
     await running
     await workers.abort()
+    await workers.close()
 
 
 async def eventually(

@@ -264,6 +264,7 @@ async def test_abort_hands_running_tasks_back_without_counting_the_attempt(
     await running
     assert not await workers.drain(0.01)
     await workers.abort()
+    await workers.close()
     back = await store.get(task.id)
     assert back.status is TaskStatus.PENDING
     assert back.attempts == 0
@@ -283,4 +284,5 @@ async def test_stopped_pool_takes_no_new_tasks(
     await running
     task = await submit(store, clock, "noop")
     assert await workers.drain(1.0)
+    await workers.close()
     assert (await store.get(task.id)).status is TaskStatus.PENDING

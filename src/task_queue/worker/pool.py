@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import orjson
 
 from task_queue.backends.base import Backend, LeaseReport, WorkerInfo
@@ -37,6 +38,7 @@ from task_queue.task import Task, TaskStatus
 log = get_logger("task_queue.worker")
 
 IDLE_POLL_SECONDS = 1.0
+HTTP_TIMEOUT_SECONDS = 30.0
 ACK_ATTEMPTS = 8
 
 
@@ -75,6 +77,8 @@ class WorkerPool:
         self._executions: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Redirects are not followed: a URL checked as public could redirect inward.
+        self.http = httpx.AsyncClient(follow_redirects=False, timeout=HTTP_TIMEOUT_SECONDS)
 
     def leases(self) -> dict[str, str]:
         return dict(self._held)
@@ -142,6 +146,10 @@ class WorkerPool:
             self._interrupt(task_id, Interrupt.SHUTDOWN)
         if self._executions:
             await asyncio.wait(set(self._executions), timeout=5.0)
+
+    async def close(self) -> None:
+        """Release what the pool holds for its handlers; after drain() or abort()."""
+        await self.http.aclose()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     def apply(self, report: LeaseReport) -> None:
@@ -232,7 +240,8 @@ class WorkerPool:
         payload = kind.validate(task.payload)
         args: tuple[Any, ...] = (payload,)
         if kind.wants_context:
-            args = (payload, TaskContext(task=task, settings=self.settings, logger=bound))
+            context = TaskContext(task=task, settings=self.settings, logger=bound, http=self.http)
+            args = (payload, context)
         async with asyncio.timeout(task.timeout_seconds):
             if kind.is_async:
                 result = await kind.handler(*args)

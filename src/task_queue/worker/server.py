@@ -80,6 +80,7 @@ class WorkerServer:
             await self.pool.abort()
         halt_loops.set()
         await asyncio.gather(*loops)
+        await self.pool.close()
         with contextlib.suppress(BackendUnavailable):
             await self.backend.remove_worker(self.info.id)
         log.info("worker stopped", worker_id=self.info.id, clean=clean)
