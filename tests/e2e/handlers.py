@@ -83,3 +83,19 @@ def always_fails(payload: dict[str, Any], ctx: TaskContext) -> None:
 def permanent(payload: dict[str, Any]) -> None:
     """Fails in a way no retry can fix."""
     raise PermanentError("this task can never succeed")
+
+
+@task_type("write_output", max_retries=0)
+def write_output(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Writes payload["text"] to an output file, as image_resize and data_processing do."""
+    name = f"outputs/{ctx.task.id}.txt"
+    path = ctx.data_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(payload["text"], encoding="utf-8")
+    return {"output": name}
+
+
+@task_type("claims_output", max_retries=0)
+def claims_output(payload: dict[str, Any]) -> dict[str, Any]:
+    """Names whatever output it is told to, to probe the download endpoint's checks."""
+    return {"output": payload["output"]}

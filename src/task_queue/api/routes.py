@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
 
 from task_queue.api.errors import ApiError, field_errors, json_response
@@ -33,6 +35,7 @@ router = APIRouter(prefix="/api/v1")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1024 * 1024
+OUTPUT_FOLDERS = ("images", "outputs")
 HEALTH_TIMEOUT_SECONDS = 2.0
 SUBMIT_ERRORS = errors(400, 409, 413, 415, 422, 503)
 
@@ -164,6 +167,37 @@ async def get_task(
     client = _client(request)
     task = await (client.wait(task_id, wait) if wait else client.get(task_id))
     return json_response(task.to_json())
+
+
+@router.get(
+    "/tasks/{task_id}/output",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **errors(404)},
+)
+async def task_output(request: Request, task_id: str) -> Response:
+    """The file a task wrote (a resized image, a processed CSV), named by its result."""
+    task = await _client(request).get(task_id)
+    settings: Settings = request.app.state.settings
+    path = _output_path(task.result, settings.data_dir)
+    if path is None:
+        raise ApiError(404, "not_found", f"task {task_id} has no output file")
+    return FileResponse(path, filename=path.name)
+
+
+def _output_path(result: Any, data_dir: Path) -> Path | None:
+    """The result's `output`, if it names an existing file in an output directory.
+
+    The name comes from the task's result, so it is checked like user input: it
+    must resolve inside DATA_DIR/images or DATA_DIR/outputs.
+    """
+    name = result.get("output") if isinstance(result, dict) else None
+    if not isinstance(name, str):
+        return None
+    path = (data_dir / name).resolve()
+    allowed = [(data_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
+    if not any(path.is_relative_to(folder) for folder in allowed) or not path.is_file():
+        return None
+    return path
 
 
 @router.get("/tasks", responses={200: {"model": TaskList}, **errors(422)})
