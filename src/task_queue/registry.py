@@ -6,6 +6,7 @@ Built-in and custom types register the same way, through `Registry.task`.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ class TaskContext:
     settings: Settings
     logger: Any
     http: httpx.AsyncClient
+    report_progress: Callable[[Any], None]
+    """Record how far the task got (any JSON), shown as `progress` when the task is read.
+
+    A plain call from async and sync handlers alike; cheap enough to call per
+    row: only the latest value is written, at most every half second.
+    """
 
     @property
     def data_dir(self) -> Path:
@@ -131,8 +138,23 @@ default_registry = Registry()
 task_type = default_registry.task
 
 
+ENTRY_POINT_GROUP = "task_queue.tasks"
+
+
 def load_modules(names: Iterable[str]) -> None:
-    """Import TASK_MODULES so their decorators register their types."""
+    """Import the modules that register task types, so their decorators run.
+
+    Those of installed packages that declare an entry point in the group
+    `task_queue.tasks` (`[project.entry-points."task_queue.tasks"]`), then TASK_MODULES.
+    """
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as exc:
+            raise ConfigError(
+                f"entry point {entry.name} = {entry.value} in {ENTRY_POINT_GROUP}: "
+                f"cannot be loaded ({exc})"
+            ) from None
     for module in names:
         try:
             importlib.import_module(module)

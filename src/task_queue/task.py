@@ -124,6 +124,7 @@ class Task:
     worker_id: str | None = None
     cancel_requested: bool = False
     request_id: str | None = None
+    progress: JSON = None
 
     @classmethod
     def new(
@@ -232,11 +233,18 @@ class Task:
         """The outcome to store, given the task as stored now.
 
         A cancel asked while the task ran wins over another attempt: a retry or a
-        hand-back becomes `cancelled` instead of running again.
+        hand-back becomes `cancelled` instead of running again. Progress reported
+        while it ran is kept unless the outcome brings a newer value.
         """
-        if stored.cancel_requested and not self.status.is_final:
-            return self.cancelled(self.updated_at)
-        return self
+        outcome = self
+        if outcome.progress is None and stored.progress is not None:
+            outcome = outcome._with(progress=stored.progress)
+        if stored.cancel_requested and not outcome.status.is_final:
+            return outcome.cancelled(outcome.updated_at)
+        return outcome
+
+    def with_progress(self, progress: JSON) -> Task:
+        return self._with(progress=progress)
 
     def requeued(self, now: float) -> Task:
         """Manual retry of a failed or cancelled task: a fresh start."""
@@ -250,6 +258,7 @@ class Task:
             run_at=now,
             updated_at=now,
             cancel_requested=False,
+            progress=None,
         )
 
     @classmethod
@@ -268,6 +277,7 @@ class Task:
             idempotency_key=data["idempotency_key"],
             result=data["result"],
             error=data["error"],
+            progress=data.get("progress"),
             created_at=parse_rfc3339(data["created_at"]) or 0.0,
             run_at=parse_rfc3339(data["run_at"]) or 0.0,
             started_at=parse_rfc3339(data["started_at"]),
@@ -290,6 +300,7 @@ class Task:
             "idempotency_key": self.idempotency_key,
             "result": self.result,
             "error": self.error,
+            "progress": self.progress,
             "created_at": rfc3339(self.created_at),
             "run_at": rfc3339(self.run_at),
             "started_at": rfc3339(self.started_at),

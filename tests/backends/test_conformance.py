@@ -394,3 +394,17 @@ async def test_waiting_count_follows_every_kind_of_change(
     stats = await backend.stats()
     counted = sum(stats.by_status.get(s, 0) for s in ("pending", "scheduled", "retrying"))
     assert stats.waiting == counted == 5
+
+
+async def test_progress_is_stored_for_the_lease_holder_and_kept_by_the_outcome(
+    backend: Backend, clock: ManualClock
+) -> None:
+    await backend.enqueue([make(clock)])
+    [task] = await take(backend)
+    await backend.report_progress(task.id, task.lease_token or "", {"done": 3, "total": 10})
+    assert (await backend.get(task.id)).progress == {"done": 3, "total": 10}
+    with pytest.raises(LeaseLost):
+        await backend.report_progress(task.id, "stale-token", {"done": 4})
+    await backend.finish(task.failed("x", clock.now()), task.lease_token or "")
+    assert (await backend.get(task.id)).progress == {"done": 3, "total": 10}
+    assert (await backend.requeue(task.id)).progress is None

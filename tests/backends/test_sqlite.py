@@ -225,3 +225,29 @@ async def test_idle_wait_is_capped_by_the_poll_interval(db: Path, clock: ManualC
         await asyncio.wait_for(backend.wait_for_work(timeout=3600), timeout=5)
     finally:
         await backend.close()
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_tasks(
+    db: Path, clock: ManualClock
+) -> None:
+    old = SQLiteBackend(db, clock=clock)
+    await old.open()
+    task = make(clock)
+    await old.enqueue([task])
+    await old.close()
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("ALTER TABLE tasks DROP COLUMN progress")
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+
+    migrated = SQLiteBackend(db, clock=clock)
+    await migrated.open()
+    try:
+        assert (await migrated.get(task.id)).progress is None
+        [leased] = await migrated.dequeue([], 1, worker_id="w", lease_seconds=30)
+        await migrated.report_progress(leased.id, leased.lease_token or "", [1, 2])
+        assert (await migrated.get(task.id)).progress == [1, 2]
+    finally:
+        await migrated.close()
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

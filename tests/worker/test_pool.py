@@ -286,3 +286,37 @@ async def test_stopped_pool_takes_no_new_tasks(
     assert await workers.drain(1.0)
     await workers.close()
     assert (await store.get(task.id)).status is TaskStatus.PENDING
+
+
+async def test_progress_reported_by_a_handler_is_visible_while_it_runs(
+    pool: WorkerPool, store: MemoryBackend, registry: Registry, clock: ManualClock
+) -> None:
+    finish = asyncio.Event()
+
+    @registry.task("counting")
+    async def counting(payload: dict[str, Any], ctx: TaskContext) -> str:
+        for n in range(1, 101):
+            ctx.report_progress({"rows": n})
+        await finish.wait()
+        ctx.report_progress({"rows": 100, "done": True})
+        return "ok"
+
+    task = await submit(store, clock, "counting")
+    running = await eventually(store, task.id, lambda t: t.progress is not None)
+    assert running.status is TaskStatus.RUNNING
+    assert running.progress == {"rows": 100}
+    finish.set()
+    done = await eventually(store, task.id, final)
+    assert done.progress == {"rows": 100, "done": True}
+
+
+async def test_sync_handlers_report_progress_from_their_thread(
+    pool: WorkerPool, store: MemoryBackend, registry: Registry, clock: ManualClock
+) -> None:
+    @registry.task("blocking_progress")
+    def blocking_progress(payload: dict[str, Any], ctx: TaskContext) -> None:
+        ctx.report_progress(0.5)
+
+    task = await submit(store, clock, "blocking_progress")
+    done = await eventually(store, task.id, final)
+    assert (done.status, done.progress) == (TaskStatus.COMPLETED, 0.5)

@@ -166,6 +166,13 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def report_progress(self, task_id: str, token: str, progress: Any) -> None:
+        """Store how far a running task got (JSON), if `token` still holds its lease.
+
+        LeaseLost otherwise. Only `progress` (and `updated_at`) change.
+        """
+
+    @abc.abstractmethod
     async def expired(self, limit: int) -> list[Task]:
         """Running tasks whose lease has expired, oldest expiry first (read only).
 

@@ -169,6 +169,10 @@ class MemoryBackend(Backend):
         current = self._leased(task.id, token)
         self._store(current, task.settled_over(current))
 
+    async def report_progress(self, task_id: str, token: str, progress: Any) -> None:
+        current = self._leased(task_id, token)
+        self._tasks[task_id] = current._with(progress=progress, updated_at=self.clock.now())
+
     async def expired(self, limit: int) -> list[Task]:
         now = self.clock.now()
         found = [

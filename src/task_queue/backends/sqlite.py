@@ -18,7 +18,9 @@ import concurrent.futures
 import dataclasses
 import functools
 import operator
+import random
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -49,8 +51,10 @@ from task_queue.task import Task, TaskStatus, new_lease_token
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 10.0  # seconds a statement waits for another process's write transaction
+LOCK_POLL = (0.0005, 0.002)  # first and longest pause between tries for the write lock
+LOCK_GAP = 0.0005  # the lock is left free this long between back-to-back groups
 
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
@@ -61,7 +65,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     max_retries INTEGER NOT NULL, timeout_seconds REAL NOT NULL, idempotency_key TEXT,
     request_hash TEXT, result TEXT, error TEXT, started_at REAL, completed_at REAL,
     updated_at REAL NOT NULL, lease_token TEXT, lease_expires_at REAL, worker_id TEXT,
-    cancel_requested INTEGER NOT NULL, request_id TEXT
+    cancel_requested INTEGER NOT NULL, request_id TEXT, progress TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -109,9 +113,11 @@ _MUTABLE = (
     "lease_expires_at",
     "worker_id",
     "cancel_requested",
+    "progress",
 )
 _ALL, _CHANGES = operator.attrgetter(*_FIELDS), operator.attrgetter(*_MUTABLE, "id")
 _PAYLOAD_AT, _RESULT_AT = _FIELDS.index("payload"), _FIELDS.index("result")
+_PROGRESS_AT, _CHANGED_PROGRESS_AT = _FIELDS.index("progress"), _MUTABLE.index("progress")
 _PRIORITY_AT, _RUN_AT_AT = 1 + _FIELDS.index("priority"), 1 + _FIELDS.index("run_at")
 
 _COLUMNS = f"seq, {', '.join(_FIELDS)}"
@@ -135,6 +141,7 @@ _EXPIRED = (
 )
 _INSERT = f"INSERT INTO tasks ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})"
 _UPDATE = f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE id = ?"
+_PROGRESS = "UPDATE tasks SET progress = ?, updated_at = ? WHERE id = ? AND lease_token = ?"
 _EXTEND = (
     "UPDATE tasks SET lease_expires_at = ? WHERE id = ? AND lease_token = ?"
     " RETURNING cancel_requested"
@@ -248,6 +255,8 @@ class SQLiteBackend(Backend):
             self._write_conn = await loop.run_in_executor(
                 self._writer, functools.partial(self._connect, create=True)
             )
+            # The write lock is polled by _take_write_lock instead of SQLite's handler.
+            self._write_conn.execute("PRAGMA busy_timeout = 0")
             self._read_conn = await loop.run_in_executor(self._reader, self._connect)
         except (OSError, sqlite3.Error) as exc:
             await self.close()
@@ -302,6 +311,10 @@ class SQLiteBackend(Backend):
         """Commit what is pending, a group at a time, until nothing is."""
         while self._pending:
             await self._commit_group()
+            if self._pending:
+                # Back to back: leave the lock free a moment, so a writer in another
+                # process (polling every LOCK_POLL) gets its turn instead of starving.
+                await asyncio.sleep(LOCK_GAP)
 
     async def _commit_group(self) -> None:
         """Run every pending write in one transaction and answer each caller after COMMIT.
@@ -319,7 +332,7 @@ class SQLiteBackend(Backend):
         ops: list[_Op] = []
         outcomes: list[_Outcome] = []
         try:
-            await loop.run_in_executor(self._writer, conn.execute, "BEGIN IMMEDIATE")
+            await loop.run_in_executor(self._writer, _take_write_lock, conn)
             # Writes that arrived while the lock was taken join this group.
             ops, self._pending = self._pending, []
             for run, future in ops:
@@ -428,6 +441,16 @@ class SQLiteBackend(Backend):
                 raise LeaseLost(f"task {task.id} is no longer leased with this token")
             stored = _task(rows[0])
             txn.store([(stored.status, task.settled_over(stored))])
+
+        await self._write(run)
+
+    async def report_progress(self, task_id: str, token: str, progress: Any) -> None:
+        now, value = self.clock.now(), _json(progress)
+
+        def run(txn: _Txn) -> None:
+            cursor = txn.conn.execute(_PROGRESS, (value, now, task_id, token))
+            if cursor.rowcount == 0:
+                raise LeaseLost(f"task {task_id} is no longer leased with this token")
 
         await self._write(run)
 
@@ -550,12 +573,51 @@ class SQLiteBackend(Backend):
         return Page([_task(row) for row in rows[:limit]], str(rows[limit - 1][0]) if more else None)
 
 
+# Each step brings a file of the version before it up by one.
+_MIGRATIONS = {
+    1: "ALTER TABLE tasks ADD COLUMN progress TEXT",
+}
+
+
+def _take_write_lock(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, tried every millisecond or two until BUSY_TIMEOUT.
+
+    SQLite's own busy handler sleeps longer and longer (up to 100 ms) between
+    tries, while a busy writer in another process takes the lock again within
+    microseconds of its COMMIT: the waiting process could starve until its
+    timeout. Short tries, with the holder's LOCK_GAP, give each process a turn.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = LOCK_POLL[0]
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(random.uniform(pause / 2, pause))
+        pause = min(pause * 2, LOCK_POLL[1])
+
+
 def _create_schema(conn: sqlite3.Connection) -> None:
     version = _scalar(conn, "PRAGMA user_version")
     if version > SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"schema version {version} is newer than {SCHEMA_VERSION}")
-    if version < SCHEMA_VERSION:
+    if version == 0:
         conn.executescript(_SCHEMA)
+        return
+    for step in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process opening the same file may have taken this step already.
+            if _scalar(conn, "PRAGMA user_version") == step:
+                conn.execute(_MIGRATIONS[step])
+                conn.execute(f"PRAGMA user_version = {step + 1}")
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
 
 
 def _promote(txn: _Txn, now: float) -> int:
@@ -601,19 +663,21 @@ def _json(value: Any) -> str | None:
 def _row(task: Task) -> list[Any]:
     row = list(_ALL(task))  # status binds as its text, cancel_requested as 0 or 1
     row[_PAYLOAD_AT], row[_RESULT_AT] = _json(task.payload), _json(task.result)
+    row[_PROGRESS_AT] = _json(task.progress)
     return row
 
 
 def _changes(task: Task) -> list[Any]:
     row = list(_CHANGES(task))
-    row[0] = _json(task.result)
+    row[0], row[_CHANGED_PROGRESS_AT] = _json(task.result), _json(task.progress)
     return row
 
 
 def _task(row: Sequence[Any]) -> Task:
     values = dict(zip(_FIELDS, row[1:], strict=True))
     values["payload"] = orjson.loads(values["payload"])
-    values["result"] = None if values["result"] is None else orjson.loads(values["result"])
+    for name in ("result", "progress"):
+        values[name] = None if values[name] is None else orjson.loads(values[name])
     values["status"] = TaskStatus(values["status"])
     values["cancel_requested"] = bool(values["cancel_requested"])
     return Task(**values)

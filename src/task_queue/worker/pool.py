@@ -39,6 +39,7 @@ log = get_logger("task_queue.worker")
 
 IDLE_POLL_SECONDS = 1.0
 HTTP_TIMEOUT_SECONDS = 30.0
+PROGRESS_INTERVAL = 0.5
 ACK_ATTEMPTS = 8
 
 
@@ -178,11 +179,15 @@ class WorkerPool:
         )
         bound.info("task started", queue=task.queue, priority=task.priority)
         started = time.perf_counter()
+        progress = ProgressReporter(self.backend, task, bound)
         try:
-            outcome = await self._outcome(task, bound)
+            outcome = await self._outcome(task, bound, progress)
         finally:
             self._running.pop(task.id, None)
             self._slot_freed.set()
+            progress.stop()
+        if outcome is not None and progress.reported:
+            outcome = outcome.with_progress(progress.latest)
         if outcome is None:
             self._held.pop(task.id, None)
             bound.warning("task taken over by another worker: its result is dropped")
@@ -200,10 +205,10 @@ class WorkerPool:
         level = bound.info if outcome.status is TaskStatus.COMPLETED else bound.warning
         level(f"task {outcome.status.value}", **fields)
 
-    async def _outcome(self, task: Task, bound: Any) -> Task | None:
+    async def _outcome(self, task: Task, bound: Any, progress: ProgressReporter) -> Task | None:
         """The transition that the handler's result or error calls for (None: lease lost)."""
         try:
-            result = await self._call(task, bound)
+            result = await self._call(task, bound, progress)
         except asyncio.CancelledError:
             reason = self._interrupts.pop(task.id, None)
             current = asyncio.current_task()
@@ -235,12 +240,18 @@ class WorkerPool:
             delay=delay,
         )
 
-    async def _call(self, task: Task, bound: Any) -> Any:
+    async def _call(self, task: Task, bound: Any, progress: ProgressReporter) -> Any:
         kind = self.registry.get(task.type)
         payload = kind.validate(task.payload)
         args: tuple[Any, ...] = (payload,)
         if kind.wants_context:
-            context = TaskContext(task=task, settings=self.settings, logger=bound, http=self.http)
+            context = TaskContext(
+                task=task,
+                settings=self.settings,
+                logger=bound,
+                http=self.http,
+                report_progress=progress,
+            )
             args = (payload, context)
         async with asyncio.timeout(task.timeout_seconds):
             if kind.is_async:
@@ -288,3 +299,52 @@ class WorkerPool:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class ProgressReporter:
+    """Takes progress from a handler (any thread) and writes the latest value now and then.
+
+    A handler may report on every row it reads; the backend sees one write per
+    PROGRESS_INTERVAL at most, and the last value rides with the task's outcome.
+    """
+
+    def __init__(self, backend: Backend, task: Task, bound: Any) -> None:
+        self._backend = backend
+        self._task = task
+        self._log = bound
+        self._loop = asyncio.get_running_loop()
+        self._flush: asyncio.TimerHandle | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+        self._stopped = False
+        self.reported = False
+        self.latest: Any = None
+
+    def __call__(self, progress: Any) -> None:
+        orjson.dumps(progress)  # refuse what cannot be stored, in the handler's own call
+        self.latest = progress
+        self.reported = True
+        self._loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        if self._flush is None and not self._stopped:
+            self._flush = self._loop.call_later(PROGRESS_INTERVAL, self._write)
+
+    def _write(self) -> None:
+        self._flush = None
+        write = asyncio.create_task(self._store(self.latest))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+
+    async def _store(self, progress: Any) -> None:
+        try:
+            await self._backend.report_progress(
+                self._task.id, self._task.lease_token or "", progress
+            )
+        except (LeaseLost, BackendUnavailable) as exc:
+            self._log.debug("progress not stored", error=str(exc))
+
+    def stop(self) -> None:
+        """No more writes: the outcome carries the last value."""
+        self._stopped = True
+        if self._flush is not None:
+            self._flush.cancel()
