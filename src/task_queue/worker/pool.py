@@ -184,6 +184,7 @@ class WorkerPool:
             outcome = await self._outcome(task, bound, progress)
         finally:
             self._running.pop(task.id, None)
+            self._interrupts.pop(task.id, None)  # asked as the handler ended by itself
             self._slot_freed.set()
             progress.stop()
         if outcome is not None and progress.reported:
