@@ -1,5 +1,5 @@
 """Built-in task types; importing this package registers them in the default registry."""
 
-from task_queue.processors import emails
+from task_queue.processors import emails, webhooks
 
-__all__ = ["emails"]
+__all__ = ["emails", "webhooks"]
