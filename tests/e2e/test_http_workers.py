@@ -16,7 +16,7 @@ def listening_pids(server: TaskQueueProcess, count: int) -> set[int]:
         pids = {line["pid"] for line in server.logs("listening")}
         return pids if len(pids) == count else None
 
-    return wait_for(started, 15, f"{count} processes to listen")
+    return wait_for(started, 30, f"{count} processes to listen")
 
 
 def alive(pid: int) -> bool:
