@@ -89,6 +89,7 @@ async def test_non_public_addresses_are_refused_with_the_reason(
         "/relative/path",
         "http:///no-host",
         "http://user:secret@example.com/",
+        "http://example.com:99999/",
     ],
 )
 async def test_only_absolute_http_urls_without_credentials_are_fetched(

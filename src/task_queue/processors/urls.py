@@ -100,6 +100,8 @@ def parse_http_url(url: str) -> httpx.URL:
         raise UnsafeURL("the URL has no host")
     if parsed.userinfo:
         raise UnsafeURL("credentials in the URL are not supported: send an Authorization header")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise UnsafeURL(f"port {parsed.port} is out of range")
     return parsed
 
 
