@@ -15,8 +15,10 @@ import pytest
 
 from tests.e2e.processes import Launcher, TaskQueueProcess
 
-# Short retries keep the retry tests fast; a short drain keeps teardown fast.
+# Short retries keep the retry tests fast; a short drain keeps teardown fast; the
+# demo's task types fetch from a peer on loopback.
 SHARED_SETTINGS: dict[str, Any] = {
+    "ALLOW_PRIVATE_URLS": "true",
     "WORKER_COUNT": 4,
     "RETRY_BASE_SECONDS": 0.2,
     "RETRY_MAX_SECONDS": 2,

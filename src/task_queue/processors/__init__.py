@@ -1,5 +1,5 @@
 """Built-in task types; importing this package registers them in the default registry."""
 
-from task_queue.processors import emails, images, webhooks
+from task_queue.processors import data, emails, images, webhooks
 
-__all__ = ["emails", "images", "webhooks"]
+__all__ = ["data", "emails", "images", "webhooks"]
