@@ -38,7 +38,7 @@ def test_quickstart_example_prints_the_completed_task(memory_server: TaskQueuePr
 
 def test_custom_task_example_loads_through_task_modules(launch: Launcher) -> None:
     server = launch.start(
-        "serve", QUEUE_BACKEND="memory", PYTHONPATH=ROOT, TASK_MODULES="examples.custom_tasks"
+        "serve", QUEUE_BACKEND="memory", PYTHONPATH=ROOT, TASK_MODULES="examples.custom_task"
     )
     task = server.submit("word_count", {"text": "to be or not to be"})
     assert server.wait_final(task["id"])["status"] == "completed"

@@ -3,7 +3,7 @@
 Load them into a server from the repository root (examples/ is a plain
 directory, so put the root on the import path):
 
-    PYTHONPATH=. TASK_MODULES=examples.custom_tasks task-queue serve
+    PYTHONPATH=. TASK_MODULES=examples.custom_task task-queue serve
 
 then submit one:
 
