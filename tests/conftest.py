@@ -19,6 +19,15 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@pytest.fixture
+async def store(clock: ManualClock) -> AsyncIterator[MemoryBackend]:
+    """A memory backend on the manual clock, for tests of what runs above the backend."""
+    backend = MemoryBackend(clock=clock)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 async def backend(
     request: pytest.FixtureRequest, clock: ManualClock, tmp_path: Path

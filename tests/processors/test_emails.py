@@ -506,14 +506,6 @@ async def test_without_smtp_host_the_message_goes_to_the_outbox_as_before(
 
 
 @pytest.fixture
-async def store(clock: ManualClock) -> AsyncIterator[MemoryBackend]:
-    backend = MemoryBackend(clock=clock)
-    await backend.open()
-    yield backend
-    await backend.close()
-
-
-@pytest.fixture
 async def start_pool(store: MemoryBackend) -> AsyncIterator[Callable[[Settings], None]]:
     """Starts a real WorkerPool running the registered `email` type; stopped after the test."""
     pools: list[tuple[WorkerPool, asyncio.Task[None]]] = []

@@ -37,14 +37,6 @@ def peer() -> Iterator[HttpPeer]:
 
 
 @pytest.fixture
-async def store(clock: ManualClock) -> AsyncIterator[MemoryBackend]:
-    backend = MemoryBackend(clock=clock)
-    await backend.open()
-    yield backend
-    await backend.close()
-
-
-@pytest.fixture
 def tasks(store: MemoryBackend, clock: ManualClock) -> AsyncClient:
     """Submits as the API does: the payload is validated before anything is stored."""
     return AsyncClient(store, registry=default_registry, clock=clock)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from task_queue._clock import ManualClock
 from task_queue.backends.memory import MemoryBackend
 from task_queue.config import Settings
 from task_queue.registry import Registry
@@ -27,14 +26,6 @@ def settings(tmp_path: Path) -> Settings:
         environ={},
         overrides={"worker_count": 3, "data_dir": tmp_path, "lease_seconds": 30, "log_file": ""},
     )
-
-
-@pytest.fixture
-async def store(clock: ManualClock) -> AsyncIterator[MemoryBackend]:
-    backend = MemoryBackend(clock=clock)
-    await backend.open()
-    yield backend
-    await backend.close()
 
 
 @pytest.fixture

@@ -29,13 +29,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Self, TextIO
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from task_queue.errors import PermanentError, Retry
+from task_queue.errors import PermanentError
 from task_queue.processors import csv_ops
 from task_queue.processors.csv_ops import Operation, Table, as_number
-from task_queue.processors.urls import UnsafeURL, guarded_request, parse_http_url
+from task_queue.processors.urls import UnsafeURL, check_download, guarded_request, parse_http_url
 from task_queue.registry import TaskContext, default_registry
 
 CSV_MAX_BYTES = 1024 * 1024 * 1024
@@ -328,7 +327,7 @@ async def _download(ctx: TaskContext, url: str, path: Path) -> None:
         allow_private=ctx.settings.allow_private_urls,
         timeout=DOWNLOAD_TIMEOUT_SECONDS,
     ) as response:
-        _check_status(response)
+        check_download(response, "csv_url")
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > CSV_MAX_BYTES:
             raise PermanentError(f"csv_url: {declared} bytes, over the {CSV_MAX_BYTES:,} limit")
@@ -339,16 +338,3 @@ async def _download(ctx: TaskContext, url: str, path: Path) -> None:
                 if received > CSV_MAX_BYTES:
                     raise PermanentError(f"csv_url: over the {CSV_MAX_BYTES:,} byte limit")
                 await asyncio.to_thread(file.write, chunk)
-
-
-def _check_status(response: httpx.Response) -> None:
-    """2xx goes on; 408, 429 and 5xx may pass, so retry; any other answer never will."""
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    answer = f"csv_url: the server answered {status} {response.reason_phrase}"
-    if status in (408, 429) or status >= 500:
-        raise Retry(answer)
-    if 300 <= status < 400:
-        answer += " (redirects are not followed: give the final URL)"
-    raise PermanentError(answer)

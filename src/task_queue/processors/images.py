@@ -26,7 +26,13 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from task_queue.errors import PermanentError
-from task_queue.processors.urls import UnsafeURL, guarded_request, parse_http_url, read_limited
+from task_queue.processors.urls import (
+    UnsafeURL,
+    check_download,
+    guarded_request,
+    parse_http_url,
+    read_limited,
+)
 from task_queue.registry import TaskContext, default_registry
 
 MAX_PIXELS = 40_000_000
@@ -188,17 +194,7 @@ async def _download(url: str, ctx: TaskContext, limit: int) -> bytes:
         timeout=DOWNLOAD_TIMEOUT_SECONDS,
         headers={"Accept": "image/*"},
     ) as response:
-        status = response.status_code
-        if 300 <= status < 400:
-            # The guard checked this URL only; following the redirect could lead inward.
-            location = response.headers.get("location", "")
-            raise PermanentError(
-                f"image_url answered {status} redirecting to {location!r}:"
-                " redirects are not followed, give the final URL"
-            )
-        if 400 <= status < 500 and status not in (408, 429):
-            raise PermanentError(f"image_url answered {status} {response.reason_phrase}")
-        response.raise_for_status()  # what is left is worth a retry
+        check_download(response, "image_url")
         return await read_limited(response, limit)
 
 

@@ -48,7 +48,7 @@ from typing import Any
 
 import httpx
 
-from task_queue.errors import PermanentError
+from task_queue.errors import PermanentError, Retry
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -236,3 +236,21 @@ async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
             raise PermanentError(f"response body is over the {max_bytes} byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def check_download(response: httpx.Response, field: str) -> None:
+    """Let a 2xx through; 408, 429 and 5xx may pass, so Retry; any other answer never will.
+
+    A redirect fails too: the guard checked this URL only, and following the
+    redirect could lead inward.
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    answer = f"{field}: the server answered {status} {response.reason_phrase}"
+    if status in (408, 429) or status >= 500:
+        raise Retry(answer)
+    if 300 <= status < 400:
+        location = response.headers.get("location", "")
+        answer += f" to {location!r} (redirects are not followed: give the final URL)"
+    raise PermanentError(answer)
