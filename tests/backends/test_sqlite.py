@@ -19,7 +19,8 @@ import pytest
 
 from task_queue._clock import ManualClock
 from task_queue.backends import sqlite as sqlite_backend
-from task_queue.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
+from task_queue.backends.sqlite import SQLiteBackend
+from task_queue.backends.sqlite_schema import SCHEMA_VERSION
 from task_queue.errors import BackendUnavailable, IdempotencyConflict
 from task_queue.task import Task, TaskStatus
 

@@ -17,7 +17,6 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import functools
-import operator
 import random
 import sqlite3
 import time
@@ -26,9 +25,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from task_queue._clock import Clock
+from task_queue.backends import sqlite_schema as schema
 from task_queue.backends.base import (
     Backend,
     LeaseReport,
@@ -51,117 +49,9 @@ from task_queue.task import Task, TaskStatus, new_lease_token
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 10.0  # seconds a statement waits for another process's write transaction
 LOCK_POLL = (0.0005, 0.002)  # first and longest pause between tries for the write lock
 LOCK_GAP = 0.0005  # the lock is left free this long between back-to-back groups
-
-_SCHEMA = f"""
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, payload TEXT NOT NULL,
-    created_at REAL NOT NULL, run_at REAL NOT NULL, queue TEXT NOT NULL,
-    priority INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
-    max_retries INTEGER NOT NULL, timeout_seconds REAL NOT NULL, idempotency_key TEXT,
-    request_hash TEXT, result TEXT, error TEXT, started_at REAL, completed_at REAL,
-    updated_at REAL NOT NULL, lease_token TEXT, lease_expires_at REAL, worker_id TEXT,
-    cancel_requested INTEGER NOT NULL, request_id TEXT, progress TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks (idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (queue, priority DESC, run_at)
-    WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS tasks_ready_anywhere ON tasks (priority DESC, run_at)
-    WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks (run_at)
-    WHERE status IN ('scheduled', 'retrying');
-CREATE INDEX IF NOT EXISTS tasks_leased ON tasks (lease_expires_at) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (status, completed_at)
-    WHERE completed_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status);
-CREATE INDEX IF NOT EXISTS tasks_type ON tasks (type);
-CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queue);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY, hostname TEXT NOT NULL, pid INTEGER NOT NULL, queues TEXT NOT NULL,
-    concurrency INTEGER NOT NULL, started_at REAL NOT NULL, heartbeat_interval REAL NOT NULL,
-    last_heartbeat REAL NOT NULL, state TEXT NOT NULL, current_tasks TEXT NOT NULL,
-    processed INTEGER NOT NULL, failed INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counters VALUES ('processed', 0), ('failed', 0);
-INSERT OR IGNORE INTO counters
-    SELECT 'waiting', COUNT(*) FROM tasks WHERE status IN ('pending', 'scheduled', 'retrying');
-PRAGMA user_version = {SCHEMA_VERSION};
-COMMIT;
-"""
-
-# Columns are named and ordered like the dataclass fields, so rows map straight onto them.
-_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
-_WORKER_FIELDS = tuple(f.name for f in dataclasses.fields(WorkerInfo))
-# What the state machine changes (result first, to encode it by position); the
-# other columns are written once, on insert.
-_MUTABLE = (
-    "result",
-    "status",
-    "attempts",
-    "run_at",
-    "error",
-    "started_at",
-    "completed_at",
-    "updated_at",
-    "lease_token",
-    "lease_expires_at",
-    "worker_id",
-    "cancel_requested",
-    "progress",
-)
-_ALL, _CHANGES = operator.attrgetter(*_FIELDS), operator.attrgetter(*_MUTABLE, "id")
-_PAYLOAD_AT, _RESULT_AT = _FIELDS.index("payload"), _FIELDS.index("result")
-_PROGRESS_AT, _CHANGED_PROGRESS_AT = _FIELDS.index("progress"), _MUTABLE.index("progress")
-_PRIORITY_AT, _RUN_AT_AT = 1 + _FIELDS.index("priority"), 1 + _FIELDS.index("run_at")
-
-_COLUMNS = f"seq, {', '.join(_FIELDS)}"
-_BY_ID = f"SELECT {_COLUMNS} FROM tasks WHERE id = ?"
-_LEASED = f"{_BY_ID} AND lease_token = ?"
-_BY_KEY = f"SELECT {_COLUMNS} FROM tasks WHERE idempotency_key = ?"
-_PENDING = "WHERE status = 'pending'"
-_ORDER = "ORDER BY priority DESC, run_at, seq LIMIT ?"
-_READY = f"SELECT {_COLUMNS} FROM tasks {_PENDING} AND queue = ? {_ORDER}"
-# Without ANALYZE statistics the planner would rather use tasks_status and scan
-# every pending, delayed or running task; INDEXED BY pins the partial indexes.
-_READY_ANYWHERE = (
-    f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_ready_anywhere {_PENDING} {_ORDER}"
-)
-_DELAYED = "tasks INDEXED BY tasks_delayed WHERE status IN ('scheduled', 'retrying')"
-_DUE = f"SELECT {_COLUMNS} FROM {_DELAYED} AND run_at <= ?"
-_NEXT_DUE = f"SELECT MIN(run_at) FROM {_DELAYED}"
-_EXPIRED = (
-    f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_leased"
-    " WHERE status = 'running' AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?"
-)
-_INSERT = f"INSERT INTO tasks ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})"
-_UPDATE = f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE id = ?"
-_PROGRESS = "UPDATE tasks SET progress = ?, updated_at = ? WHERE id = ? AND lease_token = ?"
-_EXTEND = (
-    "UPDATE tasks SET lease_expires_at = ? WHERE id = ? AND lease_token = ?"
-    " RETURNING cancel_requested"
-)
-# Kept in step by every write (see _Txn), so the queue bound costs a key lookup, not a
-# scan of every waiting task in each group commit.
-_STORED_WAITING = "SELECT value FROM counters WHERE name = 'waiting'"
-_ADD_TO_COUNTER = "UPDATE counters SET value = value + ? WHERE name = ?"
-# One statement, so one snapshot: the answers agree with each other.
-_STATS = """
-SELECT 'status', status, COUNT(*) FROM tasks GROUP BY status
-UNION ALL SELECT 'type', type, COUNT(*) FROM tasks GROUP BY type
-UNION ALL SELECT 'counter', name, value FROM counters
-UNION ALL SELECT 'counter', 'recent', COUNT(*) FROM tasks
-    WHERE status IN ('completed', 'failed') AND completed_at >= ?
-"""
-_UPSERT_WORKER = (
-    f"INSERT OR REPLACE INTO workers ({', '.join(_WORKER_FIELDS)})"
-    f" VALUES ({', '.join('?' * len(_WORKER_FIELDS))})"
-)
 
 
 @dataclasses.dataclass
@@ -177,19 +67,19 @@ class _Txn:
 
     def make_room(self, adding: int, limit: int) -> None:
         if self.stored_waiting is None:
-            self.stored_waiting = int(self.conn.execute(_STORED_WAITING).fetchone()[0])
+            self.stored_waiting = int(self.conn.execute(schema.STORED_WAITING).fetchone()[0])
         now_waiting = self.stored_waiting + self.waiting
         if now_waiting + adding > limit:
             raise QueueFull(f"queue holds {now_waiting} waiting tasks (limit {limit})")
 
     def insert(self, tasks: Sequence[Task]) -> None:
-        self.conn.executemany(_INSERT, [_row(task) for task in tasks])
+        self.conn.executemany(schema.INSERT, [schema.task_row(task) for task in tasks])
         self.waiting += len(tasks)
         self.woke |= bool(tasks)
 
     def store(self, changes: Sequence[tuple[TaskStatus, Task]]) -> None:
         """Write new versions of tasks whose stored status was the paired one."""
-        self.conn.executemany(_UPDATE, [_changes(new) for _, new in changes])
+        self.conn.executemany(schema.UPDATE, [schema.task_changes(new) for _, new in changes])
         for old, new in changes:
             self.waiting += new.status.is_waiting - old.is_waiting
             if new.status.is_final and not old.is_final and new.status is not TaskStatus.CANCELLED:
@@ -208,7 +98,7 @@ class _Txn:
             if change
         ]
         if changed:
-            self.conn.executemany(_ADD_TO_COUNTER, changed)
+            self.conn.executemany(schema.ADD_TO_COUNTER, changed)
 
 
 _Op = tuple[Callable[[_Txn], Any], "asyncio.Future[Any]"]
@@ -284,7 +174,7 @@ class SQLiteBackend(Backend):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             if create:
-                _create_schema(conn)
+                schema.create_schema(conn)
         except sqlite3.Error:
             conn.close()
             raise
@@ -386,9 +276,9 @@ class SQLiteBackend(Backend):
             return {
                 "type": self.name,
                 "path": str(self.path),
-                "journal_mode": _scalar(conn, "PRAGMA journal_mode"),
-                "synchronous": _scalar(conn, "PRAGMA synchronous"),
-                "tasks": _scalar(conn, "SELECT COUNT(*) FROM tasks"),
+                "journal_mode": schema.scalar(conn, "PRAGMA journal_mode"),
+                "synchronous": schema.scalar(conn, "PRAGMA synchronous"),
+                "tasks": schema.scalar(conn, "SELECT COUNT(*) FROM tasks"),
             }
 
         return await self._read(query)
@@ -416,12 +306,12 @@ class SQLiteBackend(Backend):
             _promote(txn, now)
             rows: list[Any] = []
             for name in dict.fromkeys(queues):
-                rows += txn.conn.execute(_READY, (name, limit)).fetchall()
+                rows += txn.conn.execute(schema.READY, (name, limit)).fetchall()
             if not queues:
-                rows = txn.conn.execute(_READY_ANYWHERE, (limit,)).fetchall()
-            rows.sort(key=lambda row: (-row[_PRIORITY_AT], row[_RUN_AT_AT], row[0]))
+                rows = txn.conn.execute(schema.READY_ANYWHERE, (limit,)).fetchall()
+            rows.sort(key=lambda row: (-row[schema.PRIORITY_AT], row[schema.RUN_AT_AT], row[0]))
             taken = [
-                _task(row).leased(
+                schema.task_from_row(row).leased(
                     worker_id=worker_id,
                     token=new_lease_token(),
                     now=now,
@@ -436,19 +326,19 @@ class SQLiteBackend(Backend):
 
     async def finish(self, task: Task, token: str) -> None:
         def run(txn: _Txn) -> None:
-            rows = txn.conn.execute(_LEASED, (task.id, token)).fetchall()
+            rows = txn.conn.execute(schema.LEASED, (task.id, token)).fetchall()
             if not rows:
                 raise LeaseLost(f"task {task.id} is no longer leased with this token")
-            stored = _task(rows[0])
+            stored = schema.task_from_row(rows[0])
             txn.store([(stored.status, task.settled_over(stored))])
 
         await self._write(run)
 
     async def report_progress(self, task_id: str, token: str, progress: Any) -> None:
-        now, value = self.clock.now(), _json(progress)
+        now, value = self.clock.now(), schema.json_text(progress)
 
         def run(txn: _Txn) -> None:
-            cursor = txn.conn.execute(_PROGRESS, (value, now, task_id, token))
+            cursor = txn.conn.execute(schema.PROGRESS, (value, now, task_id, token))
             if cursor.rowcount == 0:
                 raise LeaseLost(f"task {task_id} is no longer leased with this token")
 
@@ -456,8 +346,8 @@ class SQLiteBackend(Backend):
 
     async def expired(self, limit: int) -> list[Task]:
         now = self.clock.now()
-        rows = await self._read(lambda conn: conn.execute(_EXPIRED, (now, limit)).fetchall())
-        return [_task(row) for row in rows]
+        rows = await self._read(lambda conn: conn.execute(schema.EXPIRED, (now, limit)).fetchall())
+        return [schema.task_from_row(row) for row in rows]
 
     async def promote_due(self) -> int:
         now = self.clock.now()
@@ -501,14 +391,14 @@ class SQLiteBackend(Backend):
     ) -> LeaseReport:
         now = self.clock.now()
         worker.last_heartbeat = now
-        record = _worker_row(worker)
+        record = schema.worker_row(worker)
         held = [(now + lease_seconds, task_id, token) for task_id, token in leases.items()]
 
         def run(txn: _Txn) -> LeaseReport:
-            txn.conn.execute(_UPSERT_WORKER, record)
+            txn.conn.execute(schema.UPSERT_WORKER, record)
             lost, cancel = set(), set()
             for params in held:
-                rows = txn.conn.execute(_EXTEND, params).fetchall()
+                rows = txn.conn.execute(schema.EXTEND, params).fetchall()
                 if not rows:
                     lost.add(params[1])
                 elif rows[0][0]:
@@ -524,14 +414,14 @@ class SQLiteBackend(Backend):
         await self._write(run)
 
     async def workers(self) -> list[WorkerInfo]:
-        sql = f"SELECT {', '.join(_WORKER_FIELDS)} FROM workers"
+        sql = f"SELECT {', '.join(schema.WORKER_FIELDS)} FROM workers"
         rows = await self._read(lambda conn: conn.execute(sql).fetchall())
         now = self.clock.now()
-        return [worker for worker in map(_worker, rows) if worker.alive_at(now)]
+        return [worker for worker in map(schema.worker_from_row, rows) if worker.alive_at(now)]
 
     async def stats(self) -> QueueStats:
         horizon = self.clock.now() - 60.0
-        rows = await self._read(lambda conn: conn.execute(_STATS, (horizon,)).fetchall())
+        rows = await self._read(lambda conn: conn.execute(schema.STATS, (horizon,)).fetchall())
         found: dict[str, dict[str, int]] = {"status": {}, "type": {}, "counter": {}}
         for group, key, count in rows:
             found[group][key] = count
@@ -551,7 +441,7 @@ class SQLiteBackend(Backend):
 
     async def wait_for_work(self, timeout: float) -> None:
         timeout = min(timeout, self.poll_interval)
-        next_due = await self._read(lambda conn: _scalar(conn, _NEXT_DUE))
+        next_due = await self._read(lambda conn: schema.scalar(conn, schema.NEXT_DUE))
         if next_due is not None:
             timeout = max(0.0, min(timeout, next_due - self.clock.now()))
         with suppress(TimeoutError):
@@ -567,16 +457,13 @@ class SQLiteBackend(Backend):
             where.append("seq < ?")
             params.append(parse_cursor(cursor))
         condition = f" WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {_COLUMNS} FROM tasks{condition} ORDER BY seq DESC LIMIT ?"
+        sql = f"SELECT {schema.COLUMNS} FROM tasks{condition} ORDER BY seq DESC LIMIT ?"
         rows = await self._read(lambda conn: conn.execute(sql, (*params, limit + 1)).fetchall())
         more = len(rows) > limit
-        return Page([_task(row) for row in rows[:limit]], str(rows[limit - 1][0]) if more else None)
-
-
-# Each step brings a file of the version before it up by one.
-_MIGRATIONS = {
-    1: "ALTER TABLE tasks ADD COLUMN progress TEXT",
-}
+        return Page(
+            [schema.task_from_row(row) for row in rows[:limit]],
+            str(rows[limit - 1][0]) if more else None,
+        )
 
 
 def _take_write_lock(conn: sqlite3.Connection) -> None:
@@ -600,28 +487,8 @@ def _take_write_lock(conn: sqlite3.Connection) -> None:
         pause = min(pause * 2, LOCK_POLL[1])
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
-    version = _scalar(conn, "PRAGMA user_version")
-    if version > SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(f"schema version {version} is newer than {SCHEMA_VERSION}")
-    if version == 0:
-        conn.executescript(_SCHEMA)
-        return
-    for step in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process opening the same file may have taken this step already.
-            if _scalar(conn, "PRAGMA user_version") == step:
-                conn.execute(_MIGRATIONS[step])
-                conn.execute(f"PRAGMA user_version = {step + 1}")
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            conn.execute("ROLLBACK")
-            raise
-
-
 def _promote(txn: _Txn, now: float) -> int:
-    due = [_task(row) for row in txn.conn.execute(_DUE, (now,)).fetchall()]
+    due = [schema.task_from_row(row) for row in txn.conn.execute(schema.DUE, (now,)).fetchall()]
     txn.store([(task.status, task.promoted(now)) for task in due])
     return len(due)
 
@@ -635,62 +502,18 @@ def _already_submitted(
         return None
     first = firsts.get(key)
     if first is None:
-        rows = conn.execute(_BY_KEY, (key,)).fetchall()
+        rows = conn.execute(schema.BY_KEY, (key,)).fetchall()
         if not rows:
             firsts[key] = task
             return None
-        first = _task(rows[0])
+        first = schema.task_from_row(rows[0])
     if first.request_hash != task.request_hash:
         raise IdempotencyConflict(f"idempotency key {key!r} was used with a different request")
     return Submitted(first, created=False)
 
 
 def _get(conn: sqlite3.Connection, task_id: str) -> Task:
-    rows = conn.execute(_BY_ID, (task_id,)).fetchall()
+    rows = conn.execute(schema.BY_ID, (task_id,)).fetchall()
     if not rows:
         raise TaskNotFound(task_id)
-    return _task(rows[0])
-
-
-def _scalar(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-    return conn.execute(sql, params).fetchone()[0]
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def _row(task: Task) -> list[Any]:
-    row = list(_ALL(task))  # status binds as its text, cancel_requested as 0 or 1
-    row[_PAYLOAD_AT], row[_RESULT_AT] = _json(task.payload), _json(task.result)
-    row[_PROGRESS_AT] = _json(task.progress)
-    return row
-
-
-def _changes(task: Task) -> list[Any]:
-    row = list(_CHANGES(task))
-    row[0], row[_CHANGED_PROGRESS_AT] = _json(task.result), _json(task.progress)
-    return row
-
-
-def _task(row: Sequence[Any]) -> Task:
-    values = dict(zip(_FIELDS, row[1:], strict=True))
-    values["payload"] = orjson.loads(values["payload"])
-    for name in ("result", "progress"):
-        values[name] = None if values[name] is None else orjson.loads(values[name])
-    values["status"] = TaskStatus(values["status"])
-    values["cancel_requested"] = bool(values["cancel_requested"])
-    return Task(**values)
-
-
-def _worker_row(worker: WorkerInfo) -> list[Any]:
-    values = dict(zip(_WORKER_FIELDS, dataclasses.astuple(worker), strict=True))
-    values["queues"], values["current_tasks"] = _json(worker.queues), _json(worker.current_tasks)
-    return list(values.values())
-
-
-def _worker(row: Sequence[Any]) -> WorkerInfo:
-    values = dict(zip(_WORKER_FIELDS, row, strict=True))
-    values["queues"] = orjson.loads(values["queues"])
-    values["current_tasks"] = orjson.loads(values["current_tasks"])
-    return WorkerInfo(**values)
+    return schema.task_from_row(rows[0])
