@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +12,11 @@ import pytest
 from task_queue._clock import ManualClock
 from task_queue.backends.base import Backend
 from task_queue.backends.memory import MemoryBackend
+from task_queue.backends.redis import RedisBackend
 from task_queue.backends.sqlite import SQLiteBackend
+from tests.backends.redis_server import RedisServer, redis_server
+
+__all__ = ["redis_server"]  # a fixture, imported so every test can use it
 
 
 @pytest.fixture
@@ -28,7 +33,7 @@ async def store(clock: ManualClock) -> AsyncIterator[MemoryBackend]:
     await backend.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def backend(
     request: pytest.FixtureRequest, clock: ManualClock, tmp_path: Path
 ) -> AsyncIterator[Backend]:
@@ -36,8 +41,12 @@ async def backend(
     store: Backend
     if request.param == "memory":
         store = MemoryBackend(clock=clock)
-    else:
+    elif request.param == "sqlite":
         store = SQLiteBackend(tmp_path / "task-queue.db", clock=clock)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        # A fresh key prefix per test: empty, without flushing what other tests hold.
+        store = RedisBackend(server.url, clock=clock, prefix=f"t-{uuid.uuid4().hex}")
     await store.open()
     try:
         yield store

@@ -23,4 +23,10 @@ def create(settings: Settings, *, clock: Clock | None = None) -> Backend:
         from task_queue.backends.sqlite import SQLiteBackend
 
         return SQLiteBackend(settings.database_path, clock=clock, max_waiting=settings.queue_size)
+    if kind == "redis":
+        from task_queue.backends.redis import RedisBackend
+
+        if not settings.redis_url:
+            raise ConfigError("QUEUE_BACKEND=redis needs REDIS_URL, e.g. redis://localhost:6379/0")
+        return RedisBackend(settings.redis_url, clock=clock, max_waiting=settings.queue_size)
     raise ConfigError(f"QUEUE_BACKEND={kind!r}: this backend is not available in this release")

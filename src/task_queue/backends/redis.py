@@ -1,0 +1,505 @@
+"""A Redis backend: any number of API and worker processes on any machines share one queue.
+
+Every change touching more than one key is one Lua script, kept in
+`redis_scripts/*.lua` (the key layout and the ready-order encoding are
+documented at the top of `lib.lua`), loaded with SCRIPT LOAD and run with
+EVALSHA; redis-py loads a script again when Redis answers NOSCRIPT. Scripts keep
+to moving tasks between structures and comparing tokens: transitions are
+computed in Python by `Task` and handed over as fields. Where a transition
+depends on the stored task (finish, cancel, requeue), Python reads the task
+with its `rev`, computes, and `store.lua` writes only if `rev` is unchanged
+(else Python reads and computes again), so no write is lost to a race.
+
+Time comes from the injected clock and is passed into every script, never
+read from Redis TIME, so tests move time instead of sleeping.
+
+Every key of one prefix shares the hash tag `{prefix}`: on Redis Cluster a
+prefix lives on one slot. That keeps listing and the global waiting bound
+single-slot operations; deployments that outgrow one slot use several prefixes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
+
+from task_queue._clock import Clock
+from task_queue.backends.base import (
+    Backend,
+    LeaseReport,
+    Page,
+    QueueStats,
+    Submitted,
+    TaskFilter,
+    WorkerInfo,
+    parse_cursor,
+)
+from task_queue.errors import (
+    BackendUnavailable,
+    IdempotencyConflict,
+    InvalidTransition,
+    LeaseLost,
+    QueueFull,
+    TaskNotFound,
+)
+from task_queue.logs import get_logger
+from task_queue.task import Task, TaskStatus, new_lease_token
+
+log = get_logger("task_queue.backends.redis")
+
+SCRIPTS = ("enqueue", "dequeue", "store", "progress", "heartbeat", "promote", "purge")
+PROMOTE_BATCH = 1000  # tasks one script call promotes, so no call blocks Redis for long
+PURGE_BATCH = 1000
+LIST_CHUNK = 200  # task ids read per round trip while listing with a filter
+CAS_TRIES = 50  # reads-and-recomputes of one transition before giving up on contention
+
+# Redis cannot be reached or cannot take writes (a replica after failover). Script
+# errors are bugs and surface as they are.
+_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError)
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
+_JSON_FIELDS = frozenset({"payload", "result", "progress"})
+_FLOAT_FIELDS = frozenset(
+    ("created_at", "run_at", "timeout_seconds", "started_at", "completed_at", "updated_at")
+) | {"lease_expires_at"}
+_INT_FIELDS = frozenset({"priority", "attempts", "max_retries"})
+
+
+def load_script(name: str) -> str:
+    """A script's source with the shared helpers of lib.lua in front of it."""
+    folder = resources.files("task_queue.backends") / "redis_scripts"
+    return (folder / "lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+
+
+def ready_rank(priority: int, run_at: float) -> str:
+    """The leading part of a task's member in its ready zset (see lib.lua).
+
+    Members all score 0 and sort by bytes: 2 digits of (10 - priority), then
+    run_at in whole microseconds over 16 digits, then (added by the scripts)
+    the submit sequence over 16 digits. A double score could not hold all
+    three exactly; fixed-width text can, so FIFO within a priority is exact
+    even for tasks submitted in the same microsecond.
+    """
+    level = 10 - max(0, min(10, priority))
+    return f"{level:02d}{max(0, round(run_at * 1_000_000)):016d}"
+
+
+def _encode(task: Task) -> tuple[dict[str, str], list[str]]:
+    """The task as hash fields (strings; floats by repr, exact) and the fields that are None."""
+    fields: dict[str, str] = {}
+    deletes: list[str] = []
+    for name in _FIELDS:
+        value = getattr(task, name)
+        if value is None:
+            deletes.append(name)
+        elif name in _JSON_FIELDS:
+            fields[name] = orjson.dumps(value).decode()
+        elif isinstance(value, bool):
+            fields[name] = "1" if value else "0"
+        elif isinstance(value, TaskStatus):
+            fields[name] = value.value
+        elif isinstance(value, int | float):
+            fields[name] = repr(value)
+        else:
+            fields[name] = str(value)
+    fields["rank"] = ready_rank(task.priority, task.run_at)
+    return fields, deletes
+
+
+def _decode(raw: Mapping[str, str]) -> Task:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        text = raw.get(name)
+        if text is None:
+            continue
+        if name in _JSON_FIELDS:
+            values[name] = orjson.loads(text)
+        elif name in _FLOAT_FIELDS:
+            values[name] = float(text)
+        elif name in _INT_FIELDS:
+            values[name] = int(text)
+        elif name == "status":
+            values[name] = TaskStatus(text)
+        elif name == "cancel_requested":
+            values[name] = text == "1"
+        else:
+            values[name] = text
+    return Task(**values)
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """An HGETALL answer that came back through Lua as a flat list."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisBackend(Backend):
+    """Tasks in Redis, shared by every API and worker process that uses the same URL and prefix."""
+
+    name = "redis"
+
+    def __init__(
+        self, url: str, *, clock: Clock | None = None, max_waiting: int = 1000, prefix: str = "tq"
+    ) -> None:
+        super().__init__(clock=clock, max_waiting=max_waiting)
+        self.url = url
+        self.prefix = prefix
+        self._p = f"{{{prefix}}}:"
+        self._counts = f"{self._p}counts"
+        self._redis: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._pubsub: PubSub | None = None
+
+    # -- plumbing -------------------------------------------------------------------
+
+    @property
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise BackendUnavailable(f"Redis backend {self.url} is not open")
+        return self._redis
+
+    async def _guard(self, call: Callable[[], Any]) -> Any:
+        """Run one Redis call; a connection failure becomes BackendUnavailable.
+
+        Typed Any: redis-py annotates its commands as sync-or-async unions.
+        """
+        try:
+            return await call()
+        except _UNREACHABLE as exc:
+            raise BackendUnavailable(f"Redis at {self.url} is unavailable: {exc}") from exc
+
+    async def _script(self, name: str, *args: Any) -> Any:
+        script, prefix = self._scripts[name], self._p
+        return await self._guard(lambda: script(keys=[self._counts], args=[prefix, *args]))
+
+    async def _load(self, task_id: str) -> tuple[Task, str] | None:
+        """The stored task and its rev, or None."""
+        key = f"{self._p}task:{task_id}"
+        raw: dict[str, str] = await self._guard(lambda: self._client.hgetall(key))
+        return (_decode(raw), raw["rev"]) if raw else None
+
+    async def _load_many(self, ids: Sequence[str]) -> list[Task]:
+        async def fetch() -> list[dict[str, str]]:
+            pipe = self._client.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hgetall(f"{self._p}task:{task_id}")
+            result: list[dict[str, str]] = await pipe.execute()
+            return result
+
+        return [_decode(raw) for raw in await fetch() if raw] if ids else []
+
+    async def _store(self, task: Task, rev: str, *, token: str = "", bounded: bool = False) -> str:
+        fields, deletes = _encode(task)
+        limit = str(self.max_waiting) if bounded else ""
+        changes = (orjson.dumps(fields), orjson.dumps(deletes))
+        return str(await self._script("store", task.id, rev, token, limit, *changes))
+
+    def _full(self, waiting: int | str) -> QueueFull:
+        return QueueFull(f"queue holds {waiting} waiting tasks (limit {self.max_waiting})")
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._redis is not None:
+            return
+        client = aioredis.Redis.from_url(self.url, decode_responses=True)
+        try:
+            await client.ping()
+        except redis_errors.RedisError as exc:
+            await client.aclose()
+            raise BackendUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+        self._redis = client
+        self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
+        # Loaded now, so a broken script fails start-up rather than the first submit;
+        # after a SCRIPT FLUSH or a Redis restart redis-py loads them again on NOSCRIPT.
+        for script in self._scripts.values():
+            await self._guard(functools.partial(client.script_load, script.script))
+        await self._warn_if_lossy()
+
+    async def _warn_if_lossy(self) -> None:
+        """Say loudly at start-up when this Redis may drop acknowledged tasks.
+
+        An evicting maxmemory-policy deletes task keys under memory pressure;
+        without AOF a restart loses the queue. Managed Redis may refuse CONFIG:
+        then nothing can be checked and nothing is said.
+        """
+        try:
+            config: dict[str, str] = {}
+            for name in ("maxmemory-policy", "appendonly"):
+                config |= await self._guard(functools.partial(self._client.config_get, name))
+        except redis_errors.ResponseError:
+            return
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            log.warning("redis may evict task keys", maxmemory_policy=policy, url=self.url)
+        if config.get("appendonly") != "yes":
+            log.warning("redis persistence (appendonly) is off: a restart loses the queue")
+
+    async def close(self) -> None:
+        if self._pubsub is not None:
+            with suppress(redis_errors.RedisError):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._pubsub = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def ping(self) -> dict[str, Any]:
+        info: dict[str, Any] = await self._guard(lambda: self._client.info("server"))
+        return {"type": self.name, "prefix": self.prefix, "version": info.get("redis_version")}
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[Task]) -> list[Submitted]:
+        if not tasks:
+            return []
+        docs = [orjson.dumps(_encode(task)[0]) for task in tasks]
+        answer = await self._script("enqueue", self.max_waiting, *docs)
+        kind, detail = answer
+        if kind == "conflict":
+            raise IdempotencyConflict(
+                f"idempotency key {detail!r} was used with a different request"
+            )
+        if kind == "full":
+            raise self._full(detail)
+        return [
+            Submitted(_decode(_pairs(first)), created=False)
+            if first
+            else Submitted(task, created=True)
+            for task, first in zip(tasks, detail, strict=True)
+        ]
+
+    async def dequeue(
+        self, queues: Sequence[str], limit: int, *, worker_id: str, lease_seconds: float
+    ) -> list[Task]:
+        if limit <= 0:
+            return []
+        now = self.clock.now()
+        names = list(dict.fromkeys(queues))  # a name twice would pop a stale head
+        tokens = [new_lease_token() for _ in range(limit)]
+        answer = await self._script(
+            "dequeue",
+            repr(now),
+            repr(now + lease_seconds),
+            worker_id,
+            limit,
+            len(names),
+            *names,
+            *tokens,
+        )
+        return [_decode(_pairs(flat)) for flat in answer]
+
+    async def finish(self, task: Task, token: str) -> None:
+        for _ in range(CAS_TRIES):
+            found = await self._load(task.id)
+            if found is None or found[0].lease_token != token:
+                break
+            stored, rev = found
+            outcome = await self._store(task.settled_over(stored), rev, token=token)
+            if outcome == "ok":
+                return
+            if outcome != "stale":
+                break
+        else:
+            raise BackendUnavailable(f"task {task.id} kept changing; finish not stored")
+        raise LeaseLost(f"task {task.id} is no longer leased with this token")
+
+    async def _transition(
+        self, task_id: str, change: Callable[[Task], Task], *, bounded: bool = False
+    ) -> Task:
+        """Read, compute with `change` (which may raise), compare-and-set; again on a race."""
+        for _ in range(CAS_TRIES):
+            found = await self._load(task_id)
+            if found is None:
+                raise TaskNotFound(task_id)
+            new = change(found[0])
+            outcome = await self._store(new, found[1], bounded=bounded)
+            if outcome == "ok":
+                return new
+            if outcome == "gone":
+                raise TaskNotFound(task_id)
+            if outcome == "full":
+                raise self._full(await self._waiting())
+        raise BackendUnavailable(f"task {task_id} kept changing; change not stored")
+
+    async def cancel(self, task_id: str) -> Task:
+        now = self.clock.now()
+
+        def change(task: Task) -> Task:
+            if task.status.is_final:
+                raise InvalidTransition(f"task {task_id} is {task.status} already")
+            if task.status is TaskStatus.RUNNING:
+                return task.cancel_request(now)
+            return task.cancelled(now)
+
+        return await self._transition(task_id, change)
+
+    async def requeue(self, task_id: str) -> Task:
+        now = self.clock.now()
+
+        def change(task: Task) -> Task:
+            if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                raise InvalidTransition(
+                    f"only failed or cancelled tasks can be retried: {task.status}"
+                )
+            return task.requeued(now)
+
+        return await self._transition(task_id, change, bounded=True)
+
+    async def report_progress(self, task_id: str, token: str, progress: Any) -> None:
+        value = "" if progress is None else orjson.dumps(progress).decode()
+        stored = await self._script("progress", task_id, token, value, repr(self.clock.now()))
+        if not stored:
+            raise LeaseLost(f"task {task_id} is no longer leased with this token")
+
+    async def promote_due(self) -> int:
+        now, total = repr(self.clock.now()), 0
+        while True:
+            count = int(await self._script("promote", now, PROMOTE_BATCH))
+            total += count
+            if count < PROMOTE_BATCH:
+                return total
+
+    async def heartbeat(
+        self, worker: WorkerInfo, leases: Mapping[str, str], lease_seconds: float
+    ) -> LeaseReport:
+        now = self.clock.now()
+        worker.last_heartbeat = now
+        held = [item for pair in leases.items() for item in pair]
+        doc = orjson.dumps(dataclasses.asdict(worker))
+        lost, cancel = await self._script(
+            "heartbeat", worker.id, doc, repr(now + lease_seconds), *held
+        )
+        return LeaseReport(frozenset(lost), frozenset(cancel))
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._guard(lambda: self._client.hdel(f"{self._p}workers", worker_id))
+
+    async def purge_finished(self, before: float) -> int:
+        total = 0
+        while True:
+            count = int(await self._script("purge", repr(before), PURGE_BATCH))
+            total += count
+            if count < PURGE_BATCH:
+                return total
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> Task:
+        found = await self._load(task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        return found[0]
+
+    async def expired(self, limit: int) -> list[Task]:
+        now = self.clock.now()
+        key = f"{self._p}leased"
+        ids: list[str] = await self._guard(
+            lambda: self._client.zrangebyscore(key, "-inf", now, start=0, num=limit)
+        )
+        return await self._load_many(ids)
+
+    async def workers(self) -> list[WorkerInfo]:
+        raw: dict[str, str] = await self._guard(lambda: self._client.hgetall(f"{self._p}workers"))
+        now = self.clock.now()
+        found = [WorkerInfo(**orjson.loads(doc)) for doc in raw.values()]
+        return [worker for worker in found if worker.alive_at(now)]
+
+    async def _waiting(self) -> int:
+        names = ["status:pending", "status:scheduled", "status:retrying"]
+        counts = await self._guard(lambda: self._client.hmget(self._counts, names))
+        return sum(int(c or 0) for c in counts)
+
+    async def stats(self) -> QueueStats:
+        horizon = self.clock.now() - 60.0
+
+        async def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=True)  # one snapshot
+            pipe.hgetall(self._counts)
+            pipe.zcount(f"{self._p}final:completed", horizon, "+inf")
+            pipe.zcount(f"{self._p}final:failed", horizon, "+inf")
+            result: list[Any] = await pipe.execute()
+            return result
+
+        counts, completed, failed = await self._guard(read)
+        by_status = {k[7:]: int(v) for k, v in counts.items() if k.startswith("status:")}
+        by_status = {k: v for k, v in by_status.items() if v}
+        by_type = {k[5:]: int(v) for k, v in counts.items() if k.startswith("type:") and int(v)}
+        return QueueStats(
+            waiting=sum(by_status.get(s, 0) for s in ("pending", "scheduled", "retrying")),
+            by_status=by_status,
+            by_type=by_type,
+            processed=int(counts.get("processed", 0)),
+            failed=int(counts.get("failed", 0)),
+            finished_last_minute=int(completed) + int(failed),
+        )
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Block on the wake channel (published by the scripts) until a message or the timeout.
+
+        The subscription is kept between calls, so a wake-up published while the
+        worker was busy is buffered on the connection and ends the next wait at
+        once. The wait is cut short when a delayed task falls due before then.
+        """
+        if self._pubsub is None:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            await self._guard(lambda: pubsub.subscribe(f"{self._p}wake"))
+            self._pubsub = pubsub
+        key = f"{self._p}delayed"
+        due = await self._guard(lambda: self._client.zrange(key, 0, 0, withscores=True))
+        if due:
+            timeout = max(0.0, min(timeout, float(due[0][1]) - self.clock.now()))
+        pubsub = self._pubsub
+        message = await self._guard(lambda: pubsub.get_message(timeout=timeout))
+        while message is not None:  # drain wake-ups that piled up: one dequeue serves them
+            message = await self._guard(lambda: pubsub.get_message(timeout=0.0))
+
+    async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
+        """Newest first by submit sequence; the cursor is the sequence of the last task given.
+
+        Filters are applied while walking the sequence index a chunk at a time.
+        """
+        if limit <= 0:
+            return Page([], None)
+        top = "+inf" if cursor is None else f"({parse_cursor(cursor)}"
+        key = f"{self._p}all"
+        found: list[tuple[Task, int]] = []
+        while len(found) <= limit:
+            read = functools.partial(
+                self._client.zrevrangebyscore,
+                key,
+                top,
+                "-inf",
+                start=0,
+                num=LIST_CHUNK,
+                withscores=True,
+            )
+            chunk: list[tuple[str, float]] = await self._guard(read)
+            if not chunk:
+                break
+            tasks = {task.id: task for task in await self._load_many([i for i, _ in chunk])}
+            for task_id, seq in chunk:
+                task = tasks.get(task_id)
+                if task is not None and _matches(task, filter):
+                    found.append((task, int(seq)))
+            top = f"({int(chunk[-1][1])}"
+        page = found[:limit]
+        more = len(found) > limit
+        return Page([task for task, _ in page], str(page[-1][1]) if more else None)
+
+
+def _matches(task: Task, filter: TaskFilter) -> bool:
+    return (
+        (filter.status is None or task.status is filter.status)
+        and (filter.type is None or task.type == filter.type)
+        and (filter.queue is None or task.queue == filter.queue)
+    )

@@ -1,0 +1,5 @@
+-- Make due scheduled and retrying tasks pending.
+-- ARGV: [1] prefix, [2] now, [3] at most this many. Returns how many.
+local count = promote_due(ARGV[2], tonumber(ARGV[3]))
+wake()
+return count

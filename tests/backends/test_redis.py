@@ -1,0 +1,168 @@
+"""What only the Redis backend has: Lua files, EVALSHA, many connections, the order encoding."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import pytest
+import redis.asyncio as aioredis
+from structlog.testing import capture_logs
+
+from task_queue._clock import ManualClock
+from task_queue.backends.redis import SCRIPTS, RedisBackend, load_script, ready_rank
+from task_queue.task import Task, TaskStatus
+from tests.backends.redis_server import RedisServer
+
+LEASE = 30.0
+
+
+def make(clock: ManualClock, priority: int = 0, **options: object) -> Task:
+    return Task.new("noop", {}, now=clock.now(), priority=priority, **options)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def redis_backend(
+    redis_server: RedisServer, clock: ManualClock, prefix: str
+) -> AsyncIterator[RedisBackend]:
+    backend = RedisBackend(redis_server.url, clock=clock, max_waiting=10_000, prefix=prefix)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def test_every_script_lives_in_a_lua_file_that_documents_the_key_layout() -> None:
+    folder = resources.files("task_queue.backends") / "redis_scripts"
+    assert "Key layout" in (folder / "lib.lua").read_text()
+    for name in SCRIPTS:
+        assert (folder / f"{name}.lua").is_file()
+        assert load_script(name).startswith((folder / "lib.lua").read_text())
+
+
+async def test_scripts_are_loaded_and_reloaded_after_a_script_flush(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
+) -> None:
+    await redis_backend.enqueue([make(clock)])
+    shas = [redis_backend._scripts[name].sha for name in SCRIPTS]
+    assert all(await raw.script_exists(*shas))
+    await raw.script_flush()
+    # EVALSHA answers NOSCRIPT now; redis-py loads the script again and retries.
+    [task] = await redis_backend.dequeue(["default"], 1, worker_id="w", lease_seconds=LEASE)
+    assert task.status is TaskStatus.RUNNING
+    assert await raw.script_exists(redis_backend._scripts["dequeue"].sha) == [True]
+
+
+async def test_dequeuers_on_two_connections_never_share_a_task(
+    redis_server: RedisServer, redis_backend: RedisBackend, clock: ManualClock, prefix: str
+) -> None:
+    other = RedisBackend(redis_server.url, clock=clock, max_waiting=10_000, prefix=prefix)
+    await other.open()
+    try:
+        await redis_backend.enqueue([make(clock, i % 11) for i in range(500)])
+        batches = await asyncio.gather(
+            *(
+                backend.dequeue([], 7, worker_id=f"w{i}", lease_seconds=LEASE)
+                for i in range(40)
+                for backend in (redis_backend, other)
+            )
+        )
+    finally:
+        await other.close()
+    ids = [task.id for batch in batches for task in batch]
+    assert len(ids) == 500
+    assert len(set(ids)) == 500
+
+
+async def test_tasks_submitted_in_the_same_microsecond_keep_their_order(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    same_instant = [make(clock, 4) for _ in range(30)]  # the clock does not move
+    for task in same_instant:
+        await redis_backend.enqueue([task])
+    taken = await redis_backend.dequeue(["default"], 30, worker_id="w", lease_seconds=LEASE)
+    assert [t.id for t in taken] == [t.id for t in same_instant]
+
+
+async def test_run_at_orders_within_a_millisecond_and_priority_before_it(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    early = make(clock, 2)
+    clock.advance(0.0003)
+    later = make(clock, 2)
+    clock.advance(0.0003)
+    urgent = make(clock, 9)
+    await redis_backend.enqueue([later, urgent, early])
+    taken = await redis_backend.dequeue(["default"], 3, worker_id="w", lease_seconds=LEASE)
+    assert [t.id for t in taken] == [urgent.id, early.id, later.id]
+
+
+def test_rank_sorts_as_text_like_priority_then_run_at() -> None:
+    ranks = [ready_rank(10, 5.0), ready_rank(3, 1.0), ready_rank(3, 1.000001), ready_rank(0, 0.5)]
+    assert ranks == sorted(ranks)
+    assert len({len(rank) for rank in ranks}) == 1
+
+
+async def test_leased_task_returned_is_the_one_stored(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    task = make(clock, 1, idempotency_key="k", request_hash="h")
+    await redis_backend.enqueue([task])
+    [leased] = await redis_backend.dequeue(["default"], 1, worker_id="w", lease_seconds=LEASE)
+    expected = task.leased(
+        worker_id="w", token=leased.lease_token or "", now=clock.now(), lease_seconds=LEASE
+    )
+    assert leased == expected
+    assert await redis_backend.get(task.id) == expected
+
+
+async def test_idle_worker_is_woken_by_a_submit_from_another_connection(
+    redis_server: RedisServer, redis_backend: RedisBackend, clock: ManualClock, prefix: str
+) -> None:
+    submitter = RedisBackend(redis_server.url, clock=clock, prefix=prefix)
+    await submitter.open()
+    try:
+        await redis_backend.wait_for_work(0)  # subscribes
+        waiting = asyncio.create_task(redis_backend.wait_for_work(30))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        await submitter.enqueue([make(clock)])
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        await submitter.close()
+
+
+async def test_start_up_warns_that_a_redis_without_persistence_loses_the_queue(
+    redis_server: RedisServer, clock: ManualClock, prefix: str
+) -> None:
+    backend = RedisBackend(redis_server.url, clock=clock, prefix=prefix)
+    with capture_logs() as logs:
+        await backend.open()
+    await backend.close()
+    assert any("appendonly" in entry["event"] for entry in logs)
+
+
+async def test_a_transition_computed_from_an_old_read_is_refused_as_stale(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    task = make(clock)
+    await redis_backend.enqueue([task])
+    [leased] = await redis_backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
+    await redis_backend.cancel(task.id)  # bumps the rev the worker's read would carry
+    done = leased.completed("ok", clock.now())
+    assert await redis_backend._store(done, "1", token=leased.lease_token or "") == "stale"
+    await redis_backend.finish(done, leased.lease_token or "")  # reads again, then stores
+    assert (await redis_backend.get(task.id)).status is TaskStatus.COMPLETED
