@@ -193,7 +193,8 @@ class WorkerPool:
             self._held.pop(task.id, None)
             bound.warning("task taken over by another worker: its result is dropped")
             return
-        await self._acknowledge(outcome, task.lease_token or "", bound)
+        if not await self._acknowledge(outcome, task.lease_token or "", bound):
+            return
         self._count(outcome)
         fields: dict[str, Any] = {
             "status": outcome.status.value,
@@ -267,21 +268,22 @@ class WorkerPool:
             raise PermanentError(f"handler returned a result that is not JSON: {exc}") from None
         return result
 
-    async def _acknowledge(self, outcome: Task, token: str, bound: Any) -> None:
-        """Store the outcome; while the backend is down keep trying, holding the lease."""
+    async def _acknowledge(self, outcome: Task, token: str, bound: Any) -> bool:
+        """Store the outcome, True once stored; while the backend is down keep trying."""
         try:
             for attempt in range(ACK_ATTEMPTS):
                 try:
                     await self.backend.finish(outcome, token)
-                    return
+                    return True
                 except LeaseLost:
                     bound.warning("lease lost before the result was stored: result dropped")
-                    return
+                    return False
                 except BackendUnavailable as exc:
                     pause = min(0.1 * 2**attempt, 5.0)
                     bound.warning("cannot store result yet", error=str(exc), retry_in=pause)
                     await asyncio.sleep(pause)
             bound.error("result not stored: the lease will expire and the task run again")
+            return False
         finally:
             self._held.pop(outcome.id, None)
 

@@ -1,0 +1,447 @@
+"""Real `task-queue` processes sharing one real redis-server: no task lost, none run twice.
+
+Every test starts its own redis-server on a free loopback port (never 6379),
+because some of them stop, pause or restart it. Waits poll with deadlines.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.backends.redis_server import REDIS_SERVER, START_TIMEOUT, RedisServer, _answers_ping
+from tests.e2e.processes import Launcher, TaskQueueProcess, wait_for
+
+pytestmark = pytest.mark.skipif(
+    not Path(REDIS_SERVER).exists(), reason=f"{REDIS_SERVER} is not installed"
+)
+
+BATCH = 1000  # the most POST /api/v1/tasks/batch takes
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone, its files in tmp_path/redis."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(workdir)
+    server.workdir = workdir  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def settings(server: RedisServer, **extra: object) -> dict[str, object]:
+    return {
+        "QUEUE_BACKEND": "redis",
+        "REDIS_URL": server.url,
+        "QUEUE_SIZE": 20_000,
+        "RETRY_BASE_SECONDS": 0.2,
+        "RETRY_MAX_SECONDS": 1,
+        "SHUTDOWN_TIMEOUT": 10,
+        **extra,
+    }
+
+
+def record_lines(path: Path) -> list[tuple[str, int]]:
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        task_id, pid = line.split()
+        lines.append((task_id, int(pid)))
+    return lines
+
+
+def submit_batch(api: TaskQueueProcess, bodies: list[dict[str, Any]]) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, len(bodies), BATCH):
+        chunk = bodies[start : start + BATCH]
+        response = api.http.post("/api/v1/tasks/batch", json={"tasks": chunk}, timeout=60)
+        assert response.status_code == 201, response.text
+        ids += [task["id"] for task in response.json()["tasks"]]
+    return ids
+
+
+def stats(api: TaskQueueProcess) -> dict[str, Any]:
+    response = api.http.get("/api/v1/stats")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_all_completed(api: TaskQueueProcess, count: int, seconds: float) -> None:
+    def done() -> bool:
+        try:
+            return stats(api)["by_status"]["completed"] >= count
+        except (httpx.TransportError, AssertionError):
+            return False  # the backend may be down or paused in some tests
+
+    try:
+        wait_for(done, seconds, f"{count} tasks completed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; stats now: {stats(api)}") from None
+
+
+def running_on(api: TaskQueueProcess, task_id: str, worker: TaskQueueProcess) -> bool:
+    """The task reads running and `worker` logged that it started it."""
+    if api.task(task_id)["status"] != "running":
+        return False
+    return bool(worker.logs("task started", task_id=task_id))
+
+
+# 1. Many APIs and workers on one queue ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "count", [1000, pytest.param(5000, marks=pytest.mark.slow, id="5000")], ids=str
+)
+def test_two_apis_and_three_workers_complete_every_task_exactly_once(
+    launch: Launcher, redis_server: RedisServer, tmp_path: Path, count: int
+) -> None:
+    env = settings(redis_server, WORKER_COUNT=8, LEASE_SECONDS=10)
+    apis = [launch.start("api", **env) for _ in range(2)]
+    workers = [launch.start("worker", **env) for _ in range(3)]
+    record = tmp_path / "record.txt"
+    body = {"type": "record", "payload": {"path": str(record)}}
+
+    # Both APIs at once, half each.
+    with ThreadPoolExecutor(2) as pool:
+        halves = list(pool.map(lambda api: submit_batch(api, [body] * (count // 2)), apis))
+    ids = halves[0] + halves[1]
+    assert len(ids) == count
+    assert len(set(ids)) == count
+
+    # Readable on the other API than the one that took it.
+    for first, other in ((0, 1), (1, 0)):
+        task = apis[other].task(halves[first][0])
+        assert task["id"] == halves[first][0]
+        assert task["type"] == "record"
+
+    wait_all_completed(apis[0], count, seconds=60 if count <= 1000 else 240)
+
+    lines = record_lines(record)
+    seen = collections.Counter(task_id for task_id, _ in lines)
+    assert set(seen) == set(ids), "some tasks never ran, or unknown ids ran"
+    assert [i for i, n in seen.items() if n > 1] == [], "tasks ran more than once"
+    assert {pid for _, pid in lines} <= {w.pid for w in workers}
+    final = stats(apis[1])
+    assert final["by_status"]["completed"] == count
+    assert final["by_status"]["running"] == 0
+    assert final["queue_size"] == 0
+    for task_id in (ids[0], ids[-1], ids[count // 2]):
+        task = apis[1].task(task_id)
+        assert task["status"] == "completed"
+        assert task["attempts"] == 1
+
+
+# 2. A paused worker's late result is refused ---------------------------------------
+
+
+def test_worker_stopped_past_its_lease_has_its_late_result_refused(
+    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=2)
+    api = launch.start("api", **env)
+    worker_a = launch.start("worker", **env)
+    record = tmp_path / "record.txt"
+    task_id = api.submit("record", {"path": str(record), "seconds": 1})["id"]
+    wait_for(lambda: running_on(api, task_id, worker_a), 10, "the task running on worker A")
+    worker_a.signal(signal.SIGSTOP)
+    try:
+        worker_b = launch.start("worker", **env)
+        done = api.wait_final(task_id, seconds=20)
+        assert done["status"] == "completed"
+        assert done["result"] == {"pid": worker_b.pid}
+        assert done["attempts"] == 2
+    finally:
+        worker_a.signal(signal.SIGCONT)
+
+    refusals = (
+        "lease lost before the result was stored: result dropped",
+        "task taken over by another worker: its result is dropped",
+    )
+
+    def refused() -> bool:
+        return any(worker_a.logs(event, task_id=task_id) for event in refusals)
+
+    wait_for(refused, 10, f"worker A to log that its result was dropped:\n{worker_a.stderr()}")
+    # One stored result: B's, whatever A did after it woke.
+    again = api.task(task_id)
+    assert again["status"] == "completed"
+    assert again["result"] == {"pid": worker_b.pid}
+    assert again["attempts"] == 2
+    # B ran it once; A's handler may have appended its line before its finish was refused.
+    lines = record_lines(record)
+    assert lines.count((task_id, worker_b.pid)) == 1
+    assert lines.count((task_id, worker_a.pid)) <= 1
+    assert len(lines) == 1 + lines.count((task_id, worker_a.pid))
+
+
+def test_worker_whose_late_finish_is_refused_does_not_report_the_task_completed(
+    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The refusal path at finish time, made deterministic.
+
+    A long lease keeps A's next heartbeat (every lease/3 = 10 s) far off, so when
+    A wakes its handler finishes before any heartbeat can notice the lost lease:
+    the refusal comes from the fencing check of finish itself. The lease is made
+    to expire early, as after a long pause, by moving its expiry in Redis.
+    """
+    env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=30)
+    api = launch.start("api", **env)
+    worker_a = launch.start("worker", **env)
+    record = tmp_path / "record.txt"
+    task_id = api.submit("record", {"path": str(record), "seconds": 1})["id"]
+    wait_for(lambda: running_on(api, task_id, worker_a), 10, "the task running on worker A")
+    worker_a.signal(signal.SIGSTOP)
+    try:
+        with redis.Redis.from_url(redis_server.url) as client:
+            client.zadd("{tq}:leased", {task_id: 0})  # the lease ran out long ago
+        worker_b = launch.start("worker", **env)
+        done = api.wait_final(task_id, seconds=20)
+        assert done["status"] == "completed"
+        assert done["result"] == {"pid": worker_b.pid}
+    finally:
+        worker_a.signal(signal.SIGCONT)
+
+    dropped = "lease lost before the result was stored: result dropped"
+    wait_for(
+        lambda: worker_a.logs(dropped, task_id=task_id), 10, f"A's refusal:\n{worker_a.stderr()}"
+    )
+    # The contract holds: B's result is the one stored; A's handler did run to its end.
+    assert api.task(task_id)["result"] == {"pid": worker_b.pid}
+    lines = record_lines(record)
+    assert sorted(lines) == sorted([(task_id, worker_a.pid), (task_id, worker_b.pid)])
+    # The bug: A then logs the task as completed anyway (and counts it processed).
+    assert not worker_a.logs("task completed", task_id=task_id)
+
+
+# 3. A killed worker's task is finished by another -----------------------------------
+
+
+def test_task_of_a_killed_worker_is_completed_once_by_another_after_the_lease(
+    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=2)
+    api = launch.start("api", **env)
+    victim = launch.start("worker", **env)
+    record = tmp_path / "record.txt"
+    task_id = api.submit("record", {"path": str(record), "seconds": 3})["id"]
+    wait_for(lambda: running_on(api, task_id, victim), 10, "the task running on the victim")
+    survivor = launch.start("worker", **env)
+    victim.signal(signal.SIGKILL)
+    assert victim.wait_exit(5) == -signal.SIGKILL
+
+    done = api.wait_final(task_id, seconds=30)
+
+    assert done["status"] == "completed"
+    assert done["attempts"] == 2
+    assert done["result"] == {"pid": survivor.pid}
+    assert record_lines(record) == [(task_id, survivor.pid)]
+    [recovered] = survivor.logs("task recovered", task_id=task_id)
+    assert str(victim.pid) in recovered["lost_worker"]
+
+
+# 4. SIGTERM: the running task finishes, nothing stays taken ------------------------
+
+
+def test_sigterm_finishes_the_running_task_and_leaves_nothing_running(
+    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=30)
+    api = launch.start("api", **env)
+    worker = launch.start("worker", **env)
+    record = tmp_path / "record.txt"
+    long_id = api.submit("record", {"path": str(record), "seconds": 2})["id"]
+    wait_for(lambda: running_on(api, long_id, worker), 10, "the long task running")
+    waiting = [api.submit("record", {"path": str(record)})["id"] for _ in range(5)]
+
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit(15) == 0, worker.stderr()
+
+    assert api.task(long_id)["status"] == "completed"
+    assert api.task(long_id)["result"] == {"pid": worker.pid}
+    # With a 30 s lease, anything the worker had taken and not handed back would
+    # still read "running" here.
+    for task_id in waiting:
+        assert api.task(task_id)["status"] in ("pending", "completed")
+    assert stats(api)["by_status"]["running"] == 0
+
+    # The rest are taken by a new worker at once, not after a lease.
+    launch.start("worker", **env)
+    for task_id in waiting:
+        assert api.wait_final(task_id, seconds=10)["status"] == "completed"
+    seen = collections.Counter(task_id for task_id, _ in record_lines(record))
+    assert seen == collections.Counter([long_id, *waiting])
+
+
+# 5 and 6. Redis restarted or paused under load --------------------------------------
+
+
+class Submitter(threading.Thread):
+    """Submits `record` tasks one by one until stopped; keeps the ids Redis acknowledged (201)."""
+
+    def __init__(self, api: TaskQueueProcess, record: Path) -> None:
+        super().__init__(daemon=True)
+        self.api = api
+        self.record = record
+        self.acknowledged: list[str] = []
+        self.refused = 0
+        self.unexpected: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        body = {"type": "record", "payload": {"path": str(self.record), "seconds": 0.02}}
+        with httpx.Client(base_url=self.api.url, timeout=15) as http:
+            while not self.halt.is_set():
+                try:
+                    response = http.post("/api/v1/tasks", json=body)
+                except httpx.TransportError:
+                    self.refused += 1
+                    continue
+                if response.status_code == 201:
+                    self.acknowledged.append(response.json()["id"])
+                else:
+                    if response.status_code != 503:
+                        self.unexpected.append(f"{response.status_code} {response.text}")
+                    self.refused += 1
+                    self.halt.wait(0.05)  # pacing a retry loop, not waiting for a state
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)
+        assert not self.is_alive(), "the submitter did not stop"
+        # Redis down or paused: 503 (or no answer) is fine, anything else is not.
+        assert self.unexpected == []
+
+
+def wait_acknowledged(submitter: Submitter, count: int, seconds: float) -> None:
+    wait_for(lambda: len(submitter.acknowledged) >= count, seconds, f"{count} submits")
+
+
+def check_all_completed(api: TaskQueueProcess, ids: list[str], record: Path) -> None:
+    """Every id in `ids` completed and recorded: none lost."""
+
+    def drained() -> bool:
+        try:
+            now = stats(api)
+        except (httpx.TransportError, AssertionError):
+            return False
+        idle = now["queue_size"] == 0 and now["by_status"]["running"] == 0
+        return idle and now["by_status"]["completed"] >= len(ids)
+
+    wait_for(drained, 60, f"{len(ids)} acknowledged tasks to complete")
+    statuses = collections.Counter(api.task(task_id)["status"] for task_id in ids)
+    assert statuses == {"completed": len(ids)}, statuses
+    missing = set(ids) - {task_id for task_id, _ in record_lines(record)}
+    assert missing == set(), f"{len(missing)} acknowledged tasks never ran"
+
+
+def test_redis_restart_with_aof_always_loses_no_acknowledged_task(
+    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.config_set("appendfsync", "always")
+        client.config_set("appendonly", "yes")
+
+        def aof_ready() -> bool:
+            info = client.info("persistence")
+            return bool(info["aof_enabled"]) and not info["aof_rewrite_in_progress"]
+
+        wait_for(aof_ready, 10, "the append-only file to be written")
+    env = settings(redis_server, WORKER_COUNT=4, LEASE_SECONDS=5)
+    api = launch.start("api", **env)
+    workers = [launch.start("worker", **env) for _ in range(2)]
+    record = tmp_path / "record.txt"
+    submitter = Submitter(api, record)
+    submitter.start()
+    try:
+        wait_acknowledged(submitter, 100, 30)
+        # A backlog, so tasks are pending, running and finishing when Redis goes away.
+        backlog_body = {"type": "record", "payload": {"path": str(record), "seconds": 0.05}}
+        backlog = submit_batch(api, [backlog_body] * 400)
+        # The hardest restart: no chance to flush anything on the way down.
+        assert stats(api)["by_status"]["pending"] > 0  # tasks wait in Redis across the restart
+        redis_server.process.kill()
+        redis_server.process.wait(5)
+        before = len(submitter.acknowledged)
+        redis_server.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(redis_server.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "yes",
+                "--appendfsync", "always",
+                "--dir", str(redis_server.workdir),  # type: ignore[attr-defined]
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: _answers_ping(redis_server.port), START_TIMEOUT, "redis to restart")
+        wait_acknowledged(submitter, before + 100, 30)
+    finally:
+        submitter.stop()
+
+    ids = backlog + submitter.acknowledged
+    check_all_completed(api, ids, record)
+    # The leases (5 s) outlast the outage: the workers kept them, so nothing ran twice.
+    seen = collections.Counter(task_id for task_id, _ in record_lines(record))
+    assert [i for i, n in seen.items() if n > 1] == [], "tasks ran more than once"
+    # Still alive after the outage, the workers also stop cleanly when told.
+    for worker in workers:
+        assert worker.popen.poll() is None, worker.stderr()
+        worker.signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait_exit(15) == 0, worker.stderr()
+
+
+def test_redis_paused_for_three_seconds_under_load_recovers_by_itself(
+    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A lease outlasts the pause: pausing Redis must not make running tasks run twice.
+    env = settings(redis_server, WORKER_COUNT=4, LEASE_SECONDS=10)
+    api = launch.start("api", **env)
+    workers = [launch.start("worker", **env) for _ in range(2)]
+    record = tmp_path / "record.txt"
+    submitter = Submitter(api, record)
+    submitter.start()
+    try:
+        wait_acknowledged(submitter, 100, 30)
+        backlog_body = {"type": "record", "payload": {"path": str(record), "seconds": 0.05}}
+        backlog = submit_batch(api, [backlog_body] * 400)
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            during = len(submitter.acknowledged)
+            time.sleep(3)  # the pause under test, not a wait for a state
+            # Nothing can be acknowledged while Redis is stopped.
+            assert len(submitter.acknowledged) <= during + 1
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        before = len(submitter.acknowledged)
+        wait_acknowledged(submitter, before + 100, 30)
+    finally:
+        submitter.stop()
+
+    ids = backlog + submitter.acknowledged
+    check_all_completed(api, ids, record)
+    seen = collections.Counter(task_id for task_id, _ in record_lines(record))
+    assert [i for i, n in seen.items() if n > 1] == [], "tasks ran more than once"
+    for worker in workers:
+        assert worker.popen.poll() is None, worker.stderr()
+        worker.signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait_exit(15) == 0, worker.stderr()
