@@ -2,6 +2,8 @@
 
 Submitters and the worker pool run together in one event loop on the chosen
 backend; the clock runs from the first submit to the last acknowledgement.
+On redis (REDIS_URL) the run uses a key prefix of its own, deleted afterwards,
+so it never takes tasks from, or leaves tasks in, a real queue on that server.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import argparse
 import asyncio
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from task_queue import backends
+from task_queue.backends.base import Backend
 from task_queue.client import AsyncClient, TaskRequest
 from task_queue.config import Settings
+from task_queue.errors import ConfigError
 from task_queue.registry import Registry
 from task_queue.worker.server import WorkerServer
 
@@ -48,7 +53,7 @@ async def _measure(settings: Settings, count: int) -> dict[str, Any]:
         if ran == count:
             all_ran.set()
 
-    backend = backends.create(settings)
+    backend = _backend(settings)
     await backend.open()
     client = AsyncClient(backend, registry=registry)
     server = WorkerServer(backend, registry, settings)
@@ -70,6 +75,7 @@ async def _measure(settings: Settings, count: int) -> dict[str, Any]:
     await worker
     elapsed = time.perf_counter() - started
     await backend.close()
+    await _drop_bench_keys(backend)
     return {
         "backend": settings.backend,
         "tasks": count,
@@ -79,3 +85,36 @@ async def _measure(settings: Settings, count: int) -> dict[str, Any]:
         "submit_per_second": round(count / submitted),
         "end_to_end_per_second": round(count / elapsed),
     }
+
+
+def _backend(settings: Settings) -> Backend:
+    if settings.backend != "redis":
+        return backends.create(settings)
+    from task_queue.backends.redis import RedisBackend
+
+    if not settings.redis_url:
+        raise ConfigError("bench --backend redis needs REDIS_URL, e.g. redis://localhost:6379/0")
+    prefix = f"tq-bench-{uuid.uuid4().hex[:12]}"
+    return RedisBackend(settings.redis_url, max_waiting=settings.queue_size, prefix=prefix)
+
+
+async def _drop_bench_keys(backend: Backend) -> None:
+    """Delete every key of the bench's own redis prefix (all of them share its hash tag)."""
+    from task_queue.backends.redis import RedisBackend
+
+    if not isinstance(backend, RedisBackend):
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(backend.url)
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{{{backend.prefix}}}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()

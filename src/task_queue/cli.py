@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure end-to-end throughput in one process")
     bench.add_argument("--tasks", type=int, default=20_000)
-    bench.add_argument("--backend", choices=["memory", "sqlite"], default="memory")
+    bench.add_argument("--backend", choices=["memory", "sqlite", "redis"], default="memory")
     bench.add_argument("--concurrency", type=int, default=10, help="WORKER_COUNT for the run")
     bench.add_argument("--data-dir", default=None, help="where the sqlite file goes (a temp dir)")
     return parser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -13,6 +14,7 @@ from structlog.testing import capture_logs
 
 from task_queue._clock import ManualClock
 from task_queue.backends.redis import SCRIPTS, RedisBackend, load_script, ready_rank
+from task_queue.errors import LeaseLost
 from task_queue.task import Task, TaskStatus
 from tests.backends.redis_server import RedisServer
 
@@ -164,5 +166,112 @@ async def test_a_transition_computed_from_an_old_read_is_refused_as_stale(
     await redis_backend.cancel(task.id)  # bumps the rev the worker's read would carry
     done = leased.completed("ok", clock.now())
     assert await redis_backend._store(done, "1", token=leased.lease_token or "") == "stale"
-    await redis_backend.finish(done, leased.lease_token or "")  # reads again, then stores
+    await redis_backend.finish(done, leased.lease_token or "")  # checks the token, not rev
     assert (await redis_backend.get(task.id)).status is TaskStatus.COMPLETED
+
+
+OUTCOMES = {
+    "completed": lambda task, now: task.completed({"ok": True}, now),
+    "failed": lambda task, now: task.failed("boom", now),
+    "retrying": lambda task, now: task.retrying("flaky", now, 5.0),
+    "released": lambda task, now: task.released(now),
+    "completed with progress": lambda task, now: task.completed(1, now).with_progress(99),
+    "retrying with progress": lambda task, now: task.retrying("x", now, 5.0).with_progress(99),
+}
+
+
+@pytest.mark.parametrize(
+    ("cancel_asked", "outcome", "progress_stored"),
+    list(itertools.product([False, True], OUTCOMES, [False, True])),
+)
+async def test_finish_in_lua_stores_what_task_settled_over_computes(
+    redis_backend: RedisBackend,
+    clock: ManualClock,
+    cancel_asked: bool,
+    outcome: str,
+    progress_stored: bool,
+) -> None:
+    await redis_backend.enqueue([make(clock)])
+    [leased] = await redis_backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
+    token = leased.lease_token or ""
+    clock.advance(1.0)
+    if progress_stored:
+        await redis_backend.report_progress(leased.id, token, {"done": 3})
+    if cancel_asked:
+        await redis_backend.cancel(leased.id)
+    stored = await redis_backend.get(leased.id)
+    clock.advance(1.0)
+    finished = OUTCOMES[outcome](leased, clock.now())
+    await redis_backend.finish(finished, token)
+    assert await redis_backend.get(leased.id) == finished.settled_over(stored)
+
+
+async def test_finishes_of_one_tick_share_a_pipeline_and_each_gets_its_own_answer(
+    redis_backend: RedisBackend, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await redis_backend.enqueue([make(clock) for _ in range(6)])
+    leased = await redis_backend.dequeue([], 6, worker_id="w", lease_seconds=LEASE)
+    pipelines = []
+    make_pipeline = redis_backend._client.pipeline
+
+    def counting_pipeline(**options: bool) -> object:
+        pipelines.append(options)
+        return make_pipeline(**options)
+
+    monkeypatch.setattr(redis_backend._client, "pipeline", counting_pipeline)
+    tokens = [task.lease_token or "" for task in leased]
+    tokens[2] = "stolen"  # this one caller lost its lease; the others did not
+    answers = await asyncio.gather(
+        *(
+            redis_backend.finish(task.completed(None, clock.now()), token)
+            for task, token in zip(leased, tokens, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    assert pipelines == [{"transaction": False}]
+    assert [type(a) for a in answers] == [type(None)] * 2 + [LeaseLost] + [type(None)] * 3
+    statuses = [(await redis_backend.get(task.id)).status for task in leased]
+    assert statuses.count(TaskStatus.COMPLETED) == 5
+    assert statuses[2] is TaskStatus.RUNNING
+
+
+async def test_single_submits_of_one_tick_share_a_pipeline_and_keep_their_answers(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    first = make(clock, idempotency_key="same", request_hash="a")
+    await redis_backend.enqueue([first])
+    fresh = [make(clock) for _ in range(5)]
+    conflicting = make(clock, idempotency_key="same", request_hash="b")
+    answers = await asyncio.gather(
+        *(redis_backend.enqueue([task]) for task in [*fresh, conflicting]),
+        return_exceptions=True,
+    )
+    assert [a[0].created for a in answers[:5]] == [True] * 5  # type: ignore[index]
+    assert type(answers[5]).__name__ == "IdempotencyConflict"
+    assert (await redis_backend.stats()).by_status == {"pending": 6}
+
+
+async def test_batched_calls_are_sent_again_after_a_script_flush(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
+) -> None:
+    await raw.script_flush()
+    submitted = await asyncio.gather(*(redis_backend.enqueue([make(clock)]) for _ in range(3)))
+    assert all(s[0].created for s in submitted)
+    assert (await redis_backend.stats()).by_status == {"pending": 3}
+
+
+async def test_bench_on_redis_runs_under_a_prefix_of_its_own_and_leaves_no_keys(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    from task_queue import bench
+    from task_queue.config import Settings
+
+    settings = Settings(
+        queue_backend="redis", redis_url=redis_server.url, worker_count=4, queue_size=200
+    )
+    await raw.set("not-the-bench", "1")
+    report = await bench._measure(settings, 200)
+    assert report["backend"] == "redis"
+    assert report["tasks"] == 200
+    assert await raw.keys("*tq-bench-*") == []  # the server is shared with other tests
+    assert await raw.get("not-the-bench") == "1"

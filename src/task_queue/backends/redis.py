@@ -5,10 +5,12 @@ Every change touching more than one key is one Lua script, kept in
 documented at the top of `lib.lua`), loaded with SCRIPT LOAD and run with
 EVALSHA; redis-py loads a script again when Redis answers NOSCRIPT. Scripts keep
 to moving tasks between structures and comparing tokens: transitions are
-computed in Python by `Task` and handed over as fields. Where a transition
-depends on the stored task (finish, cancel, requeue), Python reads the task
-with its `rev`, computes, and `store.lua` writes only if `rev` is unchanged
-(else Python reads and computes again), so no write is lost to a race.
+computed in Python by `Task` and handed over as fields. `finish` is one call:
+Python sends the outcome and its cancelled variant and `finish.lua` picks one
+by the stored task (the rule of `Task.settled_over`). Where another transition
+depends on the stored task (cancel, requeue), Python reads the task with its
+`rev`, computes, and `store.lua` writes only if `rev` is unchanged (else Python
+reads and computes again), so no write is lost to a race.
 
 Time comes from the injected clock and is passed into every script, never
 read from Redis TIME, so tests move time instead of sleeping.
@@ -20,6 +22,7 @@ single-slot operations; deployments that outgrow one slot use several prefixes.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +34,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from task_queue._clock import Clock
@@ -57,7 +62,7 @@ from task_queue.task import Task, TaskStatus, new_lease_token
 
 log = get_logger("task_queue.backends.redis")
 
-SCRIPTS = ("enqueue", "dequeue", "store", "progress", "heartbeat", "promote", "purge")
+SCRIPTS = ("enqueue", "dequeue", "finish", "store", "progress", "heartbeat", "promote", "purge")
 PROMOTE_BATCH = 1000  # tasks one script call promotes, so no call blocks Redis for long
 PURGE_BATCH = 1000
 LIST_CHUNK = 200  # task ids read per round trip while listing with a filter
@@ -94,24 +99,35 @@ def ready_rank(priority: int, run_at: float) -> str:
     return f"{level:02d}{max(0, round(run_at * 1_000_000)):016d}"
 
 
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _encoder(name: str) -> Callable[[Any], str]:
+    """How one Task field becomes hash text: JSON, a 0/1 flag, the status name, or repr
+    for numbers (floats by repr are exact), str for the rest. Chosen once per field."""
+    if name in _JSON_FIELDS:
+        return _json_text
+    if name == "cancel_requested":
+        return lambda value: "1" if value else "0"
+    if name == "status":
+        return lambda value: str(value.value)
+    return repr if name in _FLOAT_FIELDS or name in _INT_FIELDS else str
+
+
+_ENCODERS = {name: _encoder(name) for name in _FIELDS}
+
+
 def _encode(task: Task) -> tuple[dict[str, str], list[str]]:
-    """The task as hash fields (strings; floats by repr, exact) and the fields that are None."""
+    """The task as hash fields (strings) and the fields that are None."""
     fields: dict[str, str] = {}
     deletes: list[str] = []
-    for name in _FIELDS:
+    for name, encode in _ENCODERS.items():
         value = getattr(task, name)
         if value is None:
             deletes.append(name)
-        elif name in _JSON_FIELDS:
-            fields[name] = orjson.dumps(value).decode()
-        elif isinstance(value, bool):
-            fields[name] = "1" if value else "0"
-        elif isinstance(value, TaskStatus):
-            fields[name] = value.value
-        elif isinstance(value, int | float):
-            fields[name] = repr(value)
         else:
-            fields[name] = str(value)
+            fields[name] = encode(value)
     fields["rank"] = ready_rank(task.priority, task.run_at)
     return fields, deletes
 
@@ -137,9 +153,96 @@ def _decode(raw: Mapping[str, str]) -> Task:
     return Task(**values)
 
 
+# A stored task as settled_over sees it when a cancel was asked and no progress is held.
+_CANCEL_ASKED = dataclasses.replace(Task.new("-", {}, now=0.0), cancel_requested=True)
+
+
+def _finish_args(task: Task, token: str) -> list[str | bytes]:
+    """finish.lua's arguments after the prefix: the outcome and its cancelled variant.
+
+    The variant is `task.settled_over` a stored task whose cancel was asked and
+    that holds no progress, so the rule stays written once, in task.py; the
+    script picks it when the stored task has cancel_requested set. `progress`
+    is never deleted: a stored progress stays unless the outcome carries one.
+    """
+    args: list[str | bytes] = [task.id, token]
+    variant = task.settled_over(_CANCEL_ASKED)
+    for shape in (task, variant) if variant is not task else (task,):
+        fields, deletes = _encode(shape)
+        args += [orjson.dumps(fields), orjson.dumps([f for f in deletes if f != "progress"])]
+    return args if len(args) == 6 else [*args, "", ""]
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     """An HGETALL answer that came back through Lua as a flat list."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class _Batcher:
+    """Script calls made in one event-loop tick, sent to Redis as one pipeline.
+
+    Each call appends to `pending`; the first one of a tick schedules a flush with
+    call_soon, which runs after every coroutine ready in this tick had its turn.
+    The flush sends the calls as EVALSHAs in one non-transactional pipeline (each
+    script stays atomic on its own) and hands every caller its own answer or its
+    own error, so one caller's LeaseLost or script error touches no other.
+    """
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._pending: list[tuple[str, Sequence[Any], asyncio.Future[Any]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()  # strong refs until done
+
+    async def call(self, name: str, args: Sequence[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((name, args, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._start_flush)
+        return await future
+
+    def _start_flush(self) -> None:
+        batch, self._pending = self._pending, []
+        flush = asyncio.create_task(self._flush(batch))
+        self._flushes.add(flush)
+        flush.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: list[tuple[str, Sequence[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            answers = await self._backend._guard(lambda: self._run([(n, a) for n, a, _ in batch]))
+        except asyncio.CancelledError:
+            for *_, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # Redis unreachable, say: every caller gets the error
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (*_, future), answer in zip(batch, answers, strict=True):
+            if future.done():  # the caller was cancelled
+                continue
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
+    async def _run(self, calls: list[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Answers in call order; calls answered NOSCRIPT (after a SCRIPT FLUSH or a
+        Redis restart; the script did not run) are sent again once it is loaded."""
+        backend = self._backend
+        pipe = backend._client.pipeline(transaction=False)
+        for name, args in calls:
+            pipe.evalsha(backend._scripts[name].sha, 1, backend._counts, backend._p, *args)
+        answers: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, a in enumerate(answers) if isinstance(a, redis_errors.NoScriptError)]
+        if missing:
+            for name in {calls[i][0] for i in missing}:
+                await backend._client.script_load(backend._scripts[name].script)
+            again = await self._run([calls[i] for i in missing])
+            for i, answer in zip(missing, again, strict=True):
+                answers[i] = answer
+        return answers
 
 
 class RedisBackend(Backend):
@@ -158,6 +261,7 @@ class RedisBackend(Backend):
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._pubsub: PubSub | None = None
+        self._batcher = _Batcher(self)
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -211,7 +315,11 @@ class RedisBackend(Backend):
     async def open(self) -> None:
         if self._redis is not None:
             return
-        client = aioredis.Redis.from_url(self.url, decode_responses=True)
+        # Never resend a command by itself: a script may have run before the connection
+        # broke, and running an enqueue twice would store a task twice. Callers decide.
+        client = aioredis.Redis.from_url(
+            self.url, decode_responses=True, retry=Retry(NoBackoff(), 0)
+        )
         try:
             await client.ping()
         except redis_errors.RedisError as exc:
@@ -262,8 +370,9 @@ class RedisBackend(Backend):
     async def enqueue(self, tasks: Sequence[Task]) -> list[Submitted]:
         if not tasks:
             return []
+        # One EVALSHA per call, all or none; concurrent calls share a pipeline.
         docs = [orjson.dumps(_encode(task)[0]) for task in tasks]
-        answer = await self._script("enqueue", self.max_waiting, *docs)
+        answer = await self._batcher.call("enqueue", [self.max_waiting, *docs])
         kind, detail = answer
         if kind == "conflict":
             raise IdempotencyConflict(
@@ -299,19 +408,11 @@ class RedisBackend(Backend):
         return [_decode(_pairs(flat)) for flat in answer]
 
     async def finish(self, task: Task, token: str) -> None:
-        for _ in range(CAS_TRIES):
-            found = await self._load(task.id)
-            if found is None or found[0].lease_token != token:
-                break
-            stored, rev = found
-            outcome = await self._store(task.settled_over(stored), rev, token=token)
-            if outcome == "ok":
-                return
-            if outcome != "stale":
-                break
-        else:
-            raise BackendUnavailable(f"task {task.id} kept changing; finish not stored")
-        raise LeaseLost(f"task {task.id} is no longer leased with this token")
+        """One EVALSHA of finish.lua (token check + `Task.settled_over`), pipelined with
+        the other finishes of this tick."""
+        stored = await self._batcher.call("finish", _finish_args(task, token))
+        if not stored:
+            raise LeaseLost(f"task {task.id} is no longer leased with this token")
 
     async def _transition(
         self, task_id: str, change: Callable[[Task], Task], *, bounded: bool = False

@@ -5,6 +5,9 @@
 -- fresh lease tokens. The lease mirrors Task.leased(): running, attempts + 1,
 -- started_at = updated_at = now, token, expiry and worker set.
 -- Returns one HGETALL array per leased task, in dequeue order.
+-- Cost: one call for the whole batch; per task taken O(log n) (ZRANGE 0 0 and
+-- ZREM on the ready zset, ZADD on leased) plus a compare over the named queues'
+-- heads; promotion first is bounded to 1000 due tasks.
 local now, expires, worker = ARGV[2], ARGV[3], ARGV[4]
 local limit, nq = tonumber(ARGV[5]), tonumber(ARGV[6])
 promote_due(now, 1000)

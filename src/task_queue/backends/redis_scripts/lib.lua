@@ -112,6 +112,21 @@ local function promote_due(now, limit)
   return #ids
 end
 
+-- Move a task to its new state: indexes, status counters, and processed/failed
+-- when it becomes final (cancelled counts in neither). Used by store and finish.
+local function settle(id, fields, deletes)
+  local old = where(id)
+  unindex(id, old)
+  write(id, fields, deletes)
+  index(id, where(id))
+  if FINAL[fields.status] and not FINAL[old.status] and fields.status ~= 'cancelled' then
+    redis.call('HINCRBY', COUNTS, 'processed', 1)
+    if fields.status == 'failed' then
+      redis.call('HINCRBY', COUNTS, 'failed', 1)
+    end
+  end
+end
+
 local function wake()
   if woke then
     redis.call('PUBLISH', P .. 'wake', '1')

@@ -1,4 +1,4 @@
--- Store a transition Python computed (finish, cancel, requeue) as a compare-and-set.
+-- Store a transition Python computed (cancel, requeue) as a compare-and-set.
 -- ARGV: [1] prefix, [2] id, [3] the rev the caller read, [4] lease token that must
 -- still be held ('' = no lease check), [5] max_waiting ('' = unbounded), [6] JSON
 -- of the fields to set, [7] JSON list of the fields that became None.
@@ -16,20 +16,12 @@ if cur[1] ~= ARGV[3] then
   return 'stale'
 end
 local fields = cjson.decode(ARGV[6])
-local old = where(id)
-if ARGV[5] ~= '' and WAITING[fields.status] and not WAITING[old.status] then
-  if waiting_count() + 1 > tonumber(ARGV[5]) then
+if ARGV[5] ~= '' and WAITING[fields.status] then
+  local status = redis.call('HGET', P .. 'task:' .. id, 'status')
+  if not WAITING[status] and waiting_count() + 1 > tonumber(ARGV[5]) then
     return 'full'
   end
 end
-unindex(id, old)
-write(id, fields, cjson.decode(ARGV[7]))
-index(id, where(id))
-if FINAL[fields.status] and not FINAL[old.status] and fields.status ~= 'cancelled' then
-  redis.call('HINCRBY', COUNTS, 'processed', 1)
-  if fields.status == 'failed' then
-    redis.call('HINCRBY', COUNTS, 'failed', 1)
-  end
-end
+settle(id, fields, cjson.decode(ARGV[7]))
 wake()
 return 'ok'
