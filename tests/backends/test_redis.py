@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from task_queue._clock import ManualClock
-from task_queue.backends.redis import SCRIPTS, RedisBackend, load_script, ready_rank
+from task_queue.backends.redis import SCRIPTS, RedisBackend, load_script
+from task_queue.backends.redis_codec import ready_rank
 from task_queue.errors import LeaseLost
 from task_queue.task import Task, TaskStatus
 from tests.backends.redis_server import RedisServer

@@ -39,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from task_queue._clock import Clock
+from task_queue.backends import redis_codec as codec
 from task_queue.backends.base import (
     Backend,
     LeaseReport,
@@ -72,110 +73,11 @@ CAS_TRIES = 50  # reads-and-recomputes of one transition before giving up on con
 # errors are bugs and surface as they are.
 _UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError)
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
-_JSON_FIELDS = frozenset({"payload", "result", "progress"})
-_FLOAT_FIELDS = frozenset(
-    ("created_at", "run_at", "timeout_seconds", "started_at", "completed_at", "updated_at")
-) | {"lease_expires_at"}
-_INT_FIELDS = frozenset({"priority", "attempts", "max_retries"})
-
 
 def load_script(name: str) -> str:
     """A script's source with the shared helpers of lib.lua in front of it."""
     folder = resources.files("task_queue.backends") / "redis_scripts"
     return (folder / "lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
-
-
-def ready_rank(priority: int, run_at: float) -> str:
-    """The leading part of a task's member in its ready zset (see lib.lua).
-
-    Members all score 0 and sort by bytes: 2 digits of (10 - priority), then
-    run_at in whole microseconds over 16 digits, then (added by the scripts)
-    the submit sequence over 16 digits. A double score could not hold all
-    three exactly; fixed-width text can, so FIFO within a priority is exact
-    even for tasks submitted in the same microsecond.
-    """
-    level = 10 - max(0, min(10, priority))
-    return f"{level:02d}{max(0, round(run_at * 1_000_000)):016d}"
-
-
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _encoder(name: str) -> Callable[[Any], str]:
-    """How one Task field becomes hash text: JSON, a 0/1 flag, the status name, or repr
-    for numbers (floats by repr are exact), str for the rest. Chosen once per field."""
-    if name in _JSON_FIELDS:
-        return _json_text
-    if name == "cancel_requested":
-        return lambda value: "1" if value else "0"
-    if name == "status":
-        return lambda value: str(value.value)
-    return repr if name in _FLOAT_FIELDS or name in _INT_FIELDS else str
-
-
-_ENCODERS = {name: _encoder(name) for name in _FIELDS}
-
-
-def _encode(task: Task) -> tuple[dict[str, str], list[str]]:
-    """The task as hash fields (strings) and the fields that are None."""
-    fields: dict[str, str] = {}
-    deletes: list[str] = []
-    for name, encode in _ENCODERS.items():
-        value = getattr(task, name)
-        if value is None:
-            deletes.append(name)
-        else:
-            fields[name] = encode(value)
-    fields["rank"] = ready_rank(task.priority, task.run_at)
-    return fields, deletes
-
-
-def _decode(raw: Mapping[str, str]) -> Task:
-    values: dict[str, Any] = {}
-    for name in _FIELDS:
-        text = raw.get(name)
-        if text is None:
-            continue
-        if name in _JSON_FIELDS:
-            values[name] = orjson.loads(text)
-        elif name in _FLOAT_FIELDS:
-            values[name] = float(text)
-        elif name in _INT_FIELDS:
-            values[name] = int(text)
-        elif name == "status":
-            values[name] = TaskStatus(text)
-        elif name == "cancel_requested":
-            values[name] = text == "1"
-        else:
-            values[name] = text
-    return Task(**values)
-
-
-# A stored task as settled_over sees it when a cancel was asked and no progress is held.
-_CANCEL_ASKED = dataclasses.replace(Task.new("-", {}, now=0.0), cancel_requested=True)
-
-
-def _finish_args(task: Task, token: str) -> list[str | bytes]:
-    """finish.lua's arguments after the prefix: the outcome and its cancelled variant.
-
-    The variant is `task.settled_over` a stored task whose cancel was asked and
-    that holds no progress, so the rule stays written once, in task.py; the
-    script picks it when the stored task has cancel_requested set. `progress`
-    is never deleted: a stored progress stays unless the outcome carries one.
-    """
-    args: list[str | bytes] = [task.id, token]
-    variant = task.settled_over(_CANCEL_ASKED)
-    for shape in (task, variant) if variant is not task else (task,):
-        fields, deletes = _encode(shape)
-        args += [orjson.dumps(fields), orjson.dumps([f for f in deletes if f != "progress"])]
-    return args if len(args) == 6 else [*args, "", ""]
-
-
-def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    """An HGETALL answer that came back through Lua as a flat list."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class _Batcher:
@@ -289,7 +191,7 @@ class RedisBackend(Backend):
         """The stored task and its rev, or None."""
         key = f"{self._p}task:{task_id}"
         raw: dict[str, str] = await self._guard(lambda: self._client.hgetall(key))
-        return (_decode(raw), raw["rev"]) if raw else None
+        return (codec.decode(raw), raw["rev"]) if raw else None
 
     async def _load_many(self, ids: Sequence[str]) -> list[Task]:
         async def fetch() -> list[dict[str, str]]:
@@ -299,10 +201,10 @@ class RedisBackend(Backend):
             result: list[dict[str, str]] = await pipe.execute()
             return result
 
-        return [_decode(raw) for raw in await fetch() if raw] if ids else []
+        return [codec.decode(raw) for raw in await fetch() if raw] if ids else []
 
     async def _store(self, task: Task, rev: str, *, token: str = "", bounded: bool = False) -> str:
-        fields, deletes = _encode(task)
+        fields, deletes = codec.encode(task)
         limit = str(self.max_waiting) if bounded else ""
         changes = (orjson.dumps(fields), orjson.dumps(deletes))
         return str(await self._script("store", task.id, rev, token, limit, *changes))
@@ -371,7 +273,7 @@ class RedisBackend(Backend):
         if not tasks:
             return []
         # One EVALSHA per call, all or none; concurrent calls share a pipeline.
-        docs = [orjson.dumps(_encode(task)[0]) for task in tasks]
+        docs = [orjson.dumps(codec.encode(task)[0]) for task in tasks]
         answer = await self._batcher.call("enqueue", [self.max_waiting, *docs])
         kind, detail = answer
         if kind == "conflict":
@@ -381,7 +283,7 @@ class RedisBackend(Backend):
         if kind == "full":
             raise self._full(detail)
         return [
-            Submitted(_decode(_pairs(first)), created=False)
+            Submitted(codec.decode(codec.pairs(first)), created=False)
             if first
             else Submitted(task, created=True)
             for task, first in zip(tasks, detail, strict=True)
@@ -405,12 +307,12 @@ class RedisBackend(Backend):
             *names,
             *tokens,
         )
-        return [_decode(_pairs(flat)) for flat in answer]
+        return [codec.decode(codec.pairs(flat)) for flat in answer]
 
     async def finish(self, task: Task, token: str) -> None:
         """One EVALSHA of finish.lua (token check + `Task.settled_over`), pipelined with
         the other finishes of this tick."""
-        stored = await self._batcher.call("finish", _finish_args(task, token))
+        stored = await self._batcher.call("finish", codec.finish_args(task, token))
         if not stored:
             raise LeaseLost(f"task {task.id} is no longer leased with this token")
 
