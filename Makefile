@@ -5,8 +5,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+# Peers (Celery, RQ, ...) get their own venv so they never enter .venv or `make test`.
+PEERS_VENV  ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+PEERS_ARGS  ?=
 
-.PHONY: run test check lint format typecheck bench clean
+.PHONY: run test check lint format typecheck bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +46,15 @@ format: $(DEV_STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
+$(PEERS_STAMP): benchmarks/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/pip install --quiet -r benchmarks/peers/requirements.txt
+	touch $@
+
+# e.g. make bench-peers PEERS_ARGS="--tasks 2000 --only celery,rq"
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python benchmarks/peers/run.py --task-queue $(BIN)/task-queue $(PEERS_ARGS)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,39 @@
+"""SAQ: `saq --workers 1` with concurrency 10 (its default)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from _common import REDIS_URL, aincr, run_peer
+from saq import Queue
+
+queue = Queue.from_url(REDIS_URL)
+
+
+async def noop(ctx: dict[str, Any]) -> None:
+    await aincr()
+
+
+settings = {"queue": queue, "functions": [noop], "concurrency": 10}
+
+
+async def enqueue_all(n: int) -> float:
+    await queue.connect()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await queue.enqueue("noop")
+    elapsed = time.perf_counter() - t0
+    await queue.disconnect()
+    return elapsed
+
+
+if __name__ == "__main__":
+    run_peer(
+        "saq",
+        "saq",
+        lambda n: asyncio.run(enqueue_all(n)),
+        ["saq", "saq_bench.settings", "--workers", "1"],
+        "1 process, concurrency 10",
+    )
