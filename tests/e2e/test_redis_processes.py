@@ -7,12 +7,14 @@ because some of them stop, pause or restart it. Waits poll with deadlines.
 from __future__ import annotations
 
 import collections
+import contextlib
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +352,48 @@ def check_all_completed(api: TaskQueueProcess, ids: list[str], record: Path) -> 
     assert missing == set(), f"{len(missing)} acknowledged tasks never ran"
 
 
+@dataclass
+class Load:
+    api: TaskQueueProcess
+    submitter: Submitter
+
+
+@contextlib.contextmanager
+def under_load(
+    launch: Launcher, redis_server: RedisServer, tmp_path: Path, lease_seconds: float
+) -> Iterator[Load]:
+    """An API and two workers on Redis, a stream of submits and a backlog: the body is the outage.
+
+    After it, every acknowledged task completes exactly once, and the workers,
+    still alive, stop cleanly when told. Leases outlast the outage, so the
+    workers keep what they hold and nothing runs twice.
+    """
+    env = settings(redis_server, WORKER_COUNT=4, LEASE_SECONDS=lease_seconds)
+    api = launch.start("api", **env)
+    workers = [launch.start("worker", **env) for _ in range(2)]
+    record = tmp_path / "record.txt"
+    submitter = Submitter(api, record)
+    submitter.start()
+    try:
+        wait_acknowledged(submitter, 100, 30)
+        # A backlog, so tasks are pending, running and finishing when Redis goes away.
+        backlog_body = {"type": "record", "payload": {"path": str(record), "seconds": 0.05}}
+        backlog = submit_batch(api, [backlog_body] * 400)
+        yield Load(api, submitter)
+        wait_acknowledged(submitter, len(submitter.acknowledged) + 100, 30)
+    finally:
+        submitter.stop()
+
+    check_all_completed(api, backlog + submitter.acknowledged, record)
+    seen = collections.Counter(task_id for task_id, _ in record_lines(record))
+    assert [i for i, n in seen.items() if n > 1] == [], "tasks ran more than once"
+    for worker in workers:
+        assert worker.popen.poll() is None, worker.stderr()
+        worker.signal(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait_exit(15) == 0, worker.stderr()
+
+
 def test_redis_restart_with_aof_always_loses_no_acknowledged_task(
     launch: Launcher, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -362,22 +406,11 @@ def test_redis_restart_with_aof_always_loses_no_acknowledged_task(
             return bool(info["aof_enabled"]) and not info["aof_rewrite_in_progress"]
 
         wait_for(aof_ready, 10, "the append-only file to be written")
-    env = settings(redis_server, WORKER_COUNT=4, LEASE_SECONDS=5)
-    api = launch.start("api", **env)
-    workers = [launch.start("worker", **env) for _ in range(2)]
-    record = tmp_path / "record.txt"
-    submitter = Submitter(api, record)
-    submitter.start()
-    try:
-        wait_acknowledged(submitter, 100, 30)
-        # A backlog, so tasks are pending, running and finishing when Redis goes away.
-        backlog_body = {"type": "record", "payload": {"path": str(record), "seconds": 0.05}}
-        backlog = submit_batch(api, [backlog_body] * 400)
+    with under_load(launch, redis_server, tmp_path, lease_seconds=5) as load:
+        assert stats(load.api)["by_status"]["pending"] > 0  # tasks wait in Redis across it
         # The hardest restart: no chance to flush anything on the way down.
-        assert stats(api)["by_status"]["pending"] > 0  # tasks wait in Redis across the restart
         redis_server.process.kill()
         redis_server.process.wait(5)
-        before = len(submitter.acknowledged)
         redis_server.process = subprocess.Popen(
             [
                 REDIS_SERVER,
@@ -392,56 +425,17 @@ def test_redis_restart_with_aof_always_loses_no_acknowledged_task(
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_for(lambda: _answers_ping(redis_server.port), START_TIMEOUT, "redis to restart")
-        wait_acknowledged(submitter, before + 100, 30)
-    finally:
-        submitter.stop()
-
-    ids = backlog + submitter.acknowledged
-    check_all_completed(api, ids, record)
-    # The leases (5 s) outlast the outage: the workers kept them, so nothing ran twice.
-    seen = collections.Counter(task_id for task_id, _ in record_lines(record))
-    assert [i for i, n in seen.items() if n > 1] == [], "tasks ran more than once"
-    # Still alive after the outage, the workers also stop cleanly when told.
-    for worker in workers:
-        assert worker.popen.poll() is None, worker.stderr()
-        worker.signal(signal.SIGTERM)
-    for worker in workers:
-        assert worker.wait_exit(15) == 0, worker.stderr()
 
 
 def test_redis_paused_for_three_seconds_under_load_recovers_by_itself(
     launch: Launcher, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    # A lease outlasts the pause: pausing Redis must not make running tasks run twice.
-    env = settings(redis_server, WORKER_COUNT=4, LEASE_SECONDS=10)
-    api = launch.start("api", **env)
-    workers = [launch.start("worker", **env) for _ in range(2)]
-    record = tmp_path / "record.txt"
-    submitter = Submitter(api, record)
-    submitter.start()
-    try:
-        wait_acknowledged(submitter, 100, 30)
-        backlog_body = {"type": "record", "payload": {"path": str(record), "seconds": 0.05}}
-        backlog = submit_batch(api, [backlog_body] * 400)
+    with under_load(launch, redis_server, tmp_path, lease_seconds=10) as load:
         redis_server.process.send_signal(signal.SIGSTOP)
         try:
-            during = len(submitter.acknowledged)
+            during = len(load.submitter.acknowledged)
             time.sleep(3)  # the pause under test, not a wait for a state
             # Nothing can be acknowledged while Redis is stopped.
-            assert len(submitter.acknowledged) <= during + 1
+            assert len(load.submitter.acknowledged) <= during + 1
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
-        before = len(submitter.acknowledged)
-        wait_acknowledged(submitter, before + 100, 30)
-    finally:
-        submitter.stop()
-
-    ids = backlog + submitter.acknowledged
-    check_all_completed(api, ids, record)
-    seen = collections.Counter(task_id for task_id, _ in record_lines(record))
-    assert [i for i, n in seen.items() if n > 1] == [], "tasks ran more than once"
-    for worker in workers:
-        assert worker.popen.poll() is None, worker.stderr()
-        worker.signal(signal.SIGTERM)
-    for worker in workers:
-        assert worker.wait_exit(15) == 0, worker.stderr()
