@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
@@ -252,3 +253,29 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_tasks(
         await migrated.close()
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def _open_and_close(path: str, start: Any) -> None:
+    start.wait()  # every opener at the same moment
+
+    async def once() -> None:
+        backend = SQLiteBackend(Path(path))
+        await backend.open()
+        await backend.close()
+
+    asyncio.run(once())
+
+
+def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # Creating the schema and switching to WAL need the file to themselves: openers
+    # that meet at that moment must wait their turn, not fail ("database is locked").
+    context = multiprocessing.get_context("fork")
+    for round in range(10):
+        path = str(tmp_path / f"new-{round}.db")
+        start = context.Barrier(6)
+        openers = [context.Process(target=_open_and_close, args=(path, start)) for _ in range(6)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(30)
+        assert [opener.exitcode for opener in openers] == [0] * 6

@@ -166,19 +166,33 @@ class SQLiteBackend(Backend):
         self._work.set()
 
     def _connect(self, *, create: bool = False) -> sqlite3.Connection:
+        """A connection in WAL mode (the schema made or migrated if `create`).
+
+        Two processes opening a new file at once can meet SQLITE_BUSY where the
+        busy handler does not wait (switching to WAL needs the file to itself),
+        so the whole opening is tried again until BUSY_TIMEOUT.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            if create:
-                schema.create_schema(conn)
-        except sqlite3.Error:
-            conn.close()
-            raise
-        return conn
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                if create:
+                    schema.create_schema(conn)
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if not _busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(LOCK_POLL[0], LOCK_POLL[1]))
+                continue
+            except sqlite3.Error:
+                conn.close()
+                raise
+            return conn
 
     def _cannot_open(self, exc: Exception) -> BackendUnavailable:
         return BackendUnavailable(f"cannot open SQLite database {self.path}: {exc}")
@@ -481,7 +495,7 @@ def _take_write_lock(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+            if not _busy(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(random.uniform(pause / 2, pause))
         pause = min(pause * 2, LOCK_POLL[1])
@@ -517,3 +531,8 @@ def _get(conn: sqlite3.Connection, task_id: str) -> Task:
     if not rows:
         raise TaskNotFound(task_id)
     return schema.task_from_row(rows[0])
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY, or one of its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT...)."""
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
