@@ -93,19 +93,7 @@ def test_serve_with_a_bad_setting_exits_2_with_one_line_naming_it(
 ) -> None:
     env = process_env({"DATA_DIR": tmp_path / "data", "PORT": free_port(), variable: value})
 
-    run = subprocess.run(
-        [TASK_QUEUE, "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=CLI_SECONDS,
-    )
-
-    assert run.returncode == 2
-    lines = run.stderr.splitlines()
-    assert len(lines) == 1, run.stderr
-    assert variable in lines[0]
+    assert_serve_refuses_to_start(env, tmp_path, naming=variable)
 
 
 def test_serve_on_a_port_in_use_exits_2_naming_port(
@@ -113,10 +101,15 @@ def test_serve_on_a_port_in_use_exits_2_naming_port(
 ) -> None:
     env = process_env({"DATA_DIR": tmp_path / "data", "PORT": memory_server.port})
 
+    assert_serve_refuses_to_start(env, tmp_path, naming="PORT")
+
+
+def assert_serve_refuses_to_start(env: dict[str, str], cwd: Path, *, naming: str) -> None:
+    """`task-queue serve` exits 2 with one line on stderr, naming the setting at fault."""
     run = subprocess.run(
         [TASK_QUEUE, "serve"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=CLI_SECONDS,
@@ -125,4 +118,4 @@ def test_serve_on_a_port_in_use_exits_2_naming_port(
     assert run.returncode == 2
     lines = run.stderr.splitlines()
     assert len(lines) == 1, run.stderr
-    assert "PORT" in lines[0]
+    assert naming in lines[0]

@@ -104,6 +104,17 @@ def running_on(api: TaskQueueProcess, task_id: str, worker: TaskQueueProcess) ->
     return bool(worker.logs("task started", task_id=task_id))
 
 
+def one_task_running(
+    launch: Launcher, env: dict[str, object], record: Path, *, seconds: float
+) -> tuple[TaskQueueProcess, TaskQueueProcess, str]:
+    """An API and one worker, and a `record` task of `seconds` already running on that worker."""
+    api = launch.start("api", **env)
+    worker = launch.start("worker", **env)
+    task_id = api.submit("record", {"path": str(record), "seconds": seconds})["id"]
+    wait_for(lambda: running_on(api, task_id, worker), 10, "the task running on its worker")
+    return api, worker, task_id
+
+
 # 1. Many APIs and workers on one queue ------------------------------------------------
 
 
@@ -156,11 +167,8 @@ def test_worker_stopped_past_its_lease_has_its_late_result_refused(
     launch: Launcher, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=2)
-    api = launch.start("api", **env)
-    worker_a = launch.start("worker", **env)
     record = tmp_path / "record.txt"
-    task_id = api.submit("record", {"path": str(record), "seconds": 1})["id"]
-    wait_for(lambda: running_on(api, task_id, worker_a), 10, "the task running on worker A")
+    api, worker_a, task_id = one_task_running(launch, env, record, seconds=1)
     worker_a.signal(signal.SIGSTOP)
     try:
         worker_b = launch.start("worker", **env)
@@ -203,11 +211,8 @@ def test_worker_whose_late_finish_is_refused_does_not_report_the_task_completed(
     to expire early, as after a long pause, by moving its expiry in Redis.
     """
     env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=30)
-    api = launch.start("api", **env)
-    worker_a = launch.start("worker", **env)
     record = tmp_path / "record.txt"
-    task_id = api.submit("record", {"path": str(record), "seconds": 1})["id"]
-    wait_for(lambda: running_on(api, task_id, worker_a), 10, "the task running on worker A")
+    api, worker_a, task_id = one_task_running(launch, env, record, seconds=1)
     worker_a.signal(signal.SIGSTOP)
     try:
         with redis.Redis.from_url(redis_server.url) as client:
@@ -238,11 +243,8 @@ def test_task_of_a_killed_worker_is_completed_once_by_another_after_the_lease(
     launch: Launcher, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=2)
-    api = launch.start("api", **env)
-    victim = launch.start("worker", **env)
     record = tmp_path / "record.txt"
-    task_id = api.submit("record", {"path": str(record), "seconds": 3})["id"]
-    wait_for(lambda: running_on(api, task_id, victim), 10, "the task running on the victim")
+    api, victim, task_id = one_task_running(launch, env, record, seconds=3)
     survivor = launch.start("worker", **env)
     victim.signal(signal.SIGKILL)
     assert victim.wait_exit(5) == -signal.SIGKILL
@@ -264,11 +266,8 @@ def test_sigterm_finishes_the_running_task_and_leaves_nothing_running(
     launch: Launcher, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=30)
-    api = launch.start("api", **env)
-    worker = launch.start("worker", **env)
     record = tmp_path / "record.txt"
-    long_id = api.submit("record", {"path": str(record), "seconds": 2})["id"]
-    wait_for(lambda: running_on(api, long_id, worker), 10, "the long task running")
+    api, worker, long_id = one_task_running(launch, env, record, seconds=2)
     waiting = [api.submit("record", {"path": str(record)})["id"] for _ in range(5)]
 
     worker.signal(signal.SIGTERM)
