@@ -48,6 +48,11 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+async def evalsha_calls(raw: aioredis.Redis) -> int:
+    stats = await raw.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
 def test_every_script_lives_in_a_lua_file_that_documents_the_key_layout() -> None:
     folder = resources.files("task_queue.backends") / "redis_scripts"
     assert "Key layout" in (folder / "lib.lua").read_text()
@@ -164,9 +169,11 @@ async def test_a_transition_computed_from_an_old_read_is_refused_as_stale(
     task = make(clock)
     await redis_backend.enqueue([task])
     [leased] = await redis_backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
-    await redis_backend.cancel(task.id)  # bumps the rev the worker's read would carry
+    found = await redis_backend._load(task.id)
+    assert found is not None
+    await redis_backend.cancel(task.id)  # a write after that read: the rev it carries is old
     done = leased.completed("ok", clock.now())
-    assert await redis_backend._store(done, "1", token=leased.lease_token or "") == "stale"
+    assert await redis_backend._store(done, found[1]) == "stale"
     await redis_backend.finish(done, leased.lease_token or "")  # checks the token, not rev
     assert (await redis_backend.get(task.id)).status is TaskStatus.COMPLETED
 
@@ -207,8 +214,11 @@ async def test_finish_in_lua_stores_what_task_settled_over_computes(
     assert await redis_backend.get(leased.id) == finished.settled_over(stored)
 
 
-async def test_finishes_of_one_tick_share_a_pipeline_and_each_gets_its_own_answer(
-    redis_backend: RedisBackend, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+async def test_finishes_of_one_tick_go_as_one_script_call_and_each_gets_its_own_answer(
+    redis_backend: RedisBackend,
+    raw: aioredis.Redis,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await redis_backend.enqueue([make(clock) for _ in range(6)])
     leased = await redis_backend.dequeue([], 6, worker_id="w", lease_seconds=LEASE)
@@ -222,6 +232,7 @@ async def test_finishes_of_one_tick_share_a_pipeline_and_each_gets_its_own_answe
     monkeypatch.setattr(redis_backend._client, "pipeline", counting_pipeline)
     tokens = [task.lease_token or "" for task in leased]
     tokens[2] = "stolen"  # this one caller lost its lease; the others did not
+    before = await evalsha_calls(raw)
     answers = await asyncio.gather(
         *(
             redis_backend.finish(task.completed(None, clock.now()), token)
@@ -230,13 +241,14 @@ async def test_finishes_of_one_tick_share_a_pipeline_and_each_gets_its_own_answe
         return_exceptions=True,
     )
     assert pipelines == [{"transaction": False}]
+    assert await evalsha_calls(raw) == before + 1
     assert [type(a) for a in answers] == [type(None)] * 2 + [LeaseLost] + [type(None)] * 3
     statuses = [(await redis_backend.get(task.id)).status for task in leased]
     assert statuses.count(TaskStatus.COMPLETED) == 5
     assert statuses[2] is TaskStatus.RUNNING
 
 
-async def test_single_submits_of_one_tick_share_a_pipeline_and_keep_their_answers(
+async def test_single_submits_of_one_tick_share_a_script_call_and_keep_their_answers(
     redis_backend: RedisBackend, clock: ManualClock
 ) -> None:
     first = make(clock, idempotency_key="same", request_hash="a")
@@ -250,6 +262,26 @@ async def test_single_submits_of_one_tick_share_a_pipeline_and_keep_their_answer
     assert [a[0].created for a in answers[:5]] == [True] * 5  # type: ignore[index]
     assert type(answers[5]).__name__ == "IdempotencyConflict"
     assert (await redis_backend.stats()).by_status == {"pending": 6}
+
+
+async def test_submits_merged_into_one_call_meet_the_waiting_bound_one_by_one(
+    redis_server: RedisServer, raw: aioredis.Redis, clock: ManualClock, prefix: str
+) -> None:
+    backend = RedisBackend(redis_server.url, clock=clock, max_waiting=3, prefix=prefix)
+    await backend.open()
+    try:
+        before = await evalsha_calls(raw)
+        answers = await asyncio.gather(
+            backend.enqueue([make(clock), make(clock)]),
+            backend.enqueue([make(clock), make(clock)]),  # would make 4: refused whole
+            backend.enqueue([make(clock)]),
+            return_exceptions=True,
+        )
+        assert await evalsha_calls(raw) == before + 1
+        assert [type(a).__name__ for a in answers] == ["list", "QueueFull", "list"]
+        assert (await backend.stats()).by_status == {"pending": 3}
+    finally:
+        await backend.close()
 
 
 async def test_batched_calls_are_sent_again_after_a_script_flush(

@@ -5,9 +5,12 @@ Every change touching more than one key is one Lua script, kept in
 documented at the top of `lib.lua`), loaded with SCRIPT LOAD and run with
 EVALSHA; redis-py loads a script again when Redis answers NOSCRIPT. Scripts keep
 to moving tasks between structures and comparing tokens: transitions are
-computed in Python by `Task` and handed over as fields. `finish` is one call:
-Python sends the outcome and its cancelled variant and `finish.lua` picks one
-by the stored task (the rule of `Task.settled_over`). Where another transition
+computed in Python by `Task` and handed over whole (one JSON field per task,
+see redis_codec.py); scripts change only the few small fields a state change
+needs, so their cost per task is a handful of commands whatever the payload.
+`finish` is one call for every outcome of one event-loop tick: Python sends
+each outcome and its cancelled variant and `finish.lua` picks one by the stored
+task (the rule of `Task.settled_over`). Where another transition
 depends on the stored task (cancel, requeue), Python reads the task with its
 `rev`, computes, and `store.lua` writes only if `rev` is unchanged (else Python
 reads and computes again), so no write is lost to a race.
@@ -25,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from importlib import resources
 from typing import Any
 
+import hiredis
 import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
@@ -63,7 +68,20 @@ from task_queue.task import Task, TaskStatus, new_lease_token
 
 log = get_logger("task_queue.backends.redis")
 
-SCRIPTS = ("enqueue", "dequeue", "finish", "store", "progress", "heartbeat", "promote", "purge")
+SCRIPTS = (
+    "enqueue",
+    "dequeue",
+    "finish",
+    "store",
+    "progress",
+    "heartbeat",
+    "promote",
+    "purge",
+    "stats",
+)
+# Scripts whose calls of one tick become one call: each caller's arguments are a
+# group of their own and the script answers one value per group.
+MERGED = frozenset({"enqueue", "finish"})
 PROMOTE_BATCH = 1000  # tasks one script call promotes, so no call blocks Redis for long
 PURGE_BATCH = 1000
 LIST_CHUNK = 200  # task ids read per round trip while listing with a filter
@@ -72,6 +90,26 @@ CAS_TRIES = 50  # reads-and-recomputes of one transition before giving up on con
 # Redis cannot be reached or cannot take writes (a replica after failover). Script
 # errors are bugs and surface as they are.
 _UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError)
+
+
+class _HiredisPacking:
+    """Packs commands with hiredis's C packer, as redis-py's sync client does.
+
+    redis-py's asyncio connection packs in Python, about a microsecond per
+    argument; a worker's finish of a few tasks has dozens of arguments, so
+    packing cost more than the script took to run in Redis.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        name = args[0].encode() if isinstance(args[0], str) else args[0]
+        return [hiredis.pack_command((*name.split(), *args[1:]))]  # "SCRIPT LOAD" is two
+
+
+def pack_with_hiredis(client: aioredis.Redis) -> None:
+    """Make every connection `client` opens from now on pack with hiredis."""
+    pool = client.connection_pool
+    base = pool.connection_class
+    pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
 
 
 def load_script(name: str) -> str:
@@ -87,7 +125,9 @@ class _Batcher:
     call_soon, which runs after every coroutine ready in this tick had its turn.
     The flush sends the calls as EVALSHAs in one non-transactional pipeline (each
     script stays atomic on its own) and hands every caller its own answer or its
-    own error, so one caller's LeaseLost or script error touches no other.
+    own error, so one caller's LeaseLost or script error touches no other. Calls
+    of a MERGED script (whose arguments are independent groups, one answer per
+    group) go as one call, which saves Redis a script invocation per task.
     """
 
     def __init__(self, backend: RedisBackend) -> None:
@@ -110,8 +150,24 @@ class _Batcher:
         flush.add_done_callback(self._flushes.discard)
 
     async def _flush(self, batch: list[tuple[str, Sequence[Any], asyncio.Future[Any]]]) -> None:
+        calls: list[tuple[str, list[Any]]] = []
+        places: list[tuple[int, int | None]] = []  # per caller: its call, its part of a merged one
+        merged: dict[str, int] = {}  # name -> its call
+        callers: Counter[str] = Counter()
+        for name, args, _ in batch:
+            if name in MERGED:
+                if name not in merged:
+                    merged[name] = len(calls)
+                    calls.append((name, []))
+                at = merged[name]
+                places.append((at, callers[name]))
+                callers[name] += 1
+                calls[at][1].extend(args)
+            else:
+                places.append((len(calls), None))
+                calls.append((name, list(args)))
         try:
-            answers = await self._backend._guard(lambda: self._run([(n, a) for n, a, _ in batch]))
+            answers = await self._backend._guard(lambda: self._run(calls))
         except asyncio.CancelledError:
             for *_, future in batch:
                 future.cancel()
@@ -121,15 +177,16 @@ class _Batcher:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (*_, future), answer in zip(batch, answers, strict=True):
+        for (at, part), (*_, future) in zip(places, batch, strict=True):
+            answer = answers[at]
             if future.done():  # the caller was cancelled
                 continue
             if isinstance(answer, Exception):
                 future.set_exception(answer)
             else:
-                future.set_result(answer)
+                future.set_result(answer if part is None else answer[part])
 
-    async def _run(self, calls: list[tuple[str, Sequence[Any]]]) -> list[Any]:
+    async def _run(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """Answers in call order; calls answered NOSCRIPT (after a SCRIPT FLUSH or a
         Redis restart; the script did not run) are sent again once it is loaded."""
         backend = self._backend
@@ -203,11 +260,10 @@ class RedisBackend(Backend):
 
         return [codec.decode(raw) for raw in await fetch() if raw] if ids else []
 
-    async def _store(self, task: Task, rev: str, *, token: str = "", bounded: bool = False) -> str:
-        fields, deletes = codec.encode(task)
+    async def _store(self, task: Task, rev: str, *, bounded: bool = False) -> str:
         limit = str(self.max_waiting) if bounded else ""
-        changes = (orjson.dumps(fields), orjson.dumps(deletes))
-        return str(await self._script("store", task.id, rev, token, limit, *changes))
+        args = codec.store_args(task, rev, new_lease_token(), limit)
+        return str(await self._script("store", *args))
 
     def _full(self, waiting: int | str) -> QueueFull:
         return QueueFull(f"queue holds {waiting} waiting tasks (limit {self.max_waiting})")
@@ -222,6 +278,7 @@ class RedisBackend(Backend):
         client = aioredis.Redis.from_url(
             self.url, decode_responses=True, retry=Retry(NoBackoff(), 0)
         )
+        pack_with_hiredis(client)
         try:
             await client.ping()
         except redis_errors.RedisError as exc:
@@ -272,9 +329,11 @@ class RedisBackend(Backend):
     async def enqueue(self, tasks: Sequence[Task]) -> list[Submitted]:
         if not tasks:
             return []
-        # One EVALSHA per call, all or none; concurrent calls share a pipeline.
-        docs = [orjson.dumps(codec.encode(task)[0]) for task in tasks]
-        answer = await self._batcher.call("enqueue", [self.max_waiting, *docs])
+        # All or none for this call; the calls of one tick share one script call.
+        args: list[Any] = [self.max_waiting, len(tasks)]
+        for task in tasks:
+            args += codec.enqueue_args(task)
+        answer = await self._batcher.call("enqueue", args)
         kind, detail = answer
         if kind == "conflict":
             raise IdempotencyConflict(
@@ -303,6 +362,7 @@ class RedisBackend(Backend):
             repr(now + lease_seconds),
             worker_id,
             limit,
+            new_lease_token(),
             len(names),
             *names,
             *tokens,
@@ -310,8 +370,8 @@ class RedisBackend(Backend):
         return [codec.decode(codec.pairs(flat)) for flat in answer]
 
     async def finish(self, task: Task, token: str) -> None:
-        """One EVALSHA of finish.lua (token check + `Task.settled_over`), pipelined with
-        the other finishes of this tick."""
+        """finish.lua (token check + `Task.settled_over`), in one call with the other
+        finishes of this tick."""
         stored = await self._batcher.call("finish", codec.finish_args(task, token))
         if not stored:
             raise LeaseLost(f"task {task.id} is no longer leased with this token")
@@ -359,7 +419,7 @@ class RedisBackend(Backend):
         return await self._transition(task_id, change, bounded=True)
 
     async def report_progress(self, task_id: str, token: str, progress: Any) -> None:
-        value = "" if progress is None else orjson.dumps(progress).decode()
+        value = orjson.dumps(progress)
         stored = await self._script("progress", task_id, token, value, repr(self.clock.now()))
         if not stored:
             raise LeaseLost(f"task {task_id} is no longer leased with this token")
@@ -367,7 +427,7 @@ class RedisBackend(Backend):
     async def promote_due(self) -> int:
         now, total = repr(self.clock.now()), 0
         while True:
-            count = int(await self._script("promote", now, PROMOTE_BATCH))
+            count = int(await self._script("promote", now, PROMOTE_BATCH, new_lease_token()))
             total += count
             if count < PROMOTE_BATCH:
                 return total
@@ -418,24 +478,13 @@ class RedisBackend(Backend):
         return [worker for worker in found if worker.alive_at(now)]
 
     async def _waiting(self) -> int:
-        names = ["status:pending", "status:scheduled", "status:retrying"]
-        counts = await self._guard(lambda: self._client.hmget(self._counts, names))
-        return sum(int(c or 0) for c in counts)
+        return (await self.stats()).waiting
 
     async def stats(self) -> QueueStats:
-        horizon = self.clock.now() - 60.0
-
-        async def read() -> list[Any]:
-            pipe = self._client.pipeline(transaction=True)  # one snapshot
-            pipe.hgetall(self._counts)
-            pipe.zcount(f"{self._p}final:completed", horizon, "+inf")
-            pipe.zcount(f"{self._p}final:failed", horizon, "+inf")
-            result: list[Any] = await pipe.execute()
-            return result
-
-        counts, completed, failed = await self._guard(read)
-        by_status = {k[7:]: int(v) for k, v in counts.items() if k.startswith("status:")}
-        by_status = {k: v for k, v in by_status.items() if v}
+        horizon = repr(self.clock.now() - 60.0)
+        statuses, flat, completed, failed = await self._script("stats", horizon)
+        by_status = {k: int(v) for k, v in codec.pairs(statuses).items() if int(v)}
+        counts = codec.pairs(flat)
         by_type = {k[5:]: int(v) for k, v in counts.items() if k.startswith("type:") and int(v)}
         return QueueStats(
             waiting=sum(by_status.get(s, 0) for s in ("pending", "scheduled", "retrying")),

@@ -1,25 +1,21 @@
-"""How a Task is kept in a Redis hash, and the order key of the ready sets.
+"""How a Task is kept in Redis: one JSON document, plus the small fields the scripts move.
 
-Every field is one hash field (absent means None); floats are written with
-repr so they read back exactly, JSON fields through orjson.
+The whole task is one field `d` that only Python reads and writes, so no
+script parses it and a script's cost does not depend on the payload's size.
+Scripts change what a state change needs without rewriting `d`: the status,
+the lease (token, expiry, worker, start), updated_at, progress and the cancel
+flag, each a field of its own (lib.lua lists them). `decode` lays those over
+`d` to give the task as it is now.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from task_queue.task import Task, TaskStatus
-
-FIELDS = tuple(f.name for f in dataclasses.fields(Task))
-JSON_FIELDS = frozenset({"payload", "result", "progress"})
-FLOAT_FIELDS = frozenset(
-    ("created_at", "run_at", "timeout_seconds", "started_at", "completed_at", "updated_at")
-) | {"lease_expires_at"}
-INT_FIELDS = frozenset({"priority", "attempts", "max_retries"})
 
 
 def ready_rank(priority: int, run_at: float) -> str:
@@ -35,78 +31,90 @@ def ready_rank(priority: int, run_at: float) -> str:
     return f"{level:02d}{max(0, round(run_at * 1_000_000)):016d}"
 
 
-def json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def _plain(value: Any) -> Any:
+    """A payload given as another Mapping than dict (orjson takes only dict)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a task")
 
 
-def _encoder(name: str) -> Callable[[Any], str]:
-    """How one Task field becomes hash text: JSON, a 0/1 flag, the status name, or repr
-    for numbers (floats by repr are exact), str for the rest. Chosen once per field."""
-    if name in JSON_FIELDS:
-        return json_text
-    if name == "cancel_requested":
-        return lambda value: "1" if value else "0"
-    if name == "status":
-        return lambda value: str(value.value)
-    return repr if name in FLOAT_FIELDS or name in INT_FIELDS else str
+def document(task: Task) -> bytes:
+    """The `d` field: every Task field by name; floats round-trip exactly through orjson."""
+    return orjson.dumps(task.__dict__, default=_plain)
 
 
-_ENCODERS = {name: _encoder(name) for name in FIELDS}
+def json_or_empty(value: Any) -> bytes:
+    return b"" if value is None else orjson.dumps(value)
 
 
-def encode(task: Task) -> tuple[dict[str, str], list[str]]:
-    """The task as hash fields (strings) and the fields that are None."""
-    fields: dict[str, str] = {}
-    deletes: list[str] = []
-    for name, encode in _ENCODERS.items():
-        value = getattr(task, name)
-        if value is None:
-            deletes.append(name)
-        else:
-            fields[name] = encode(value)
-    fields["rank"] = ready_rank(task.priority, task.run_at)
-    return fields, deletes
+def score(task: Task) -> str:
+    """Where the task sits in its index: completed_at when final, else run_at."""
+    moment = task.completed_at if task.status.is_final else task.run_at
+    return repr(moment if moment is not None else task.run_at)
 
 
 def decode(raw: Mapping[str, str]) -> Task:
-    values: dict[str, Any] = {}
-    for name in FIELDS:
-        text = raw.get(name)
-        if text is None:
-            continue
-        if name in JSON_FIELDS:
-            values[name] = orjson.loads(text)
-        elif name in FLOAT_FIELDS:
-            values[name] = float(text)
-        elif name in INT_FIELDS:
-            values[name] = int(text)
-        elif name == "status":
-            values[name] = TaskStatus(text)
-        elif name == "cancel_requested":
-            values[name] = text == "1"
-        else:
-            values[name] = text
-    return Task(**values)
+    """The task as it is now: `d` with the fields the scripts changed laid over it."""
+    values = orjson.loads(raw["d"])
+    values["status"] = TaskStatus(raw["s"])
+    progress = raw.get("p")
+    values["progress"] = None if progress is None else orjson.loads(progress)
+    if raw.get("c") == "1":  # asked while running; a whole write carries it in d
+        values["cancel_requested"] = True
+    updated = raw.get("u")
+    if updated is not None:
+        values["updated_at"] = float(updated)
+    token = raw.get("l")
+    if token is not None:  # running: d holds the task before this lease (Task.leased)
+        values["lease_token"] = token
+        values["lease_expires_at"] = float(raw["x"])
+        values["worker_id"] = raw["w"]
+        values["started_at"] = float(raw["n"])
+        values["attempts"] += 1
+    return Task.restore(values)
+
+
+def enqueue_args(task: Task) -> list[str | bytes]:
+    """enqueue.lua's 9 arguments for one new task."""
+    return [
+        task.id,
+        task.status.value,
+        task.queue,
+        ready_rank(task.priority, task.run_at),
+        repr(task.run_at),
+        task.type,
+        task.idempotency_key or "",
+        task.request_hash or "",
+        document(task),
+    ]
+
+
+def _placed(task: Task) -> list[str | bytes]:
+    return [task.status.value, ready_rank(task.priority, task.run_at), score(task), document(task)]
 
 
 # A stored task as settled_over sees it when a cancel was asked and no progress is held.
-_CANCEL_ASKED = dataclasses.replace(Task.new("-", {}, now=0.0), cancel_requested=True)
+_CANCEL_ASKED = Task.new("-", {}, now=0.0, cancel_requested=True)
 
 
 def finish_args(task: Task, token: str) -> list[str | bytes]:
-    """finish.lua's arguments after the prefix: the outcome and its cancelled variant.
+    """finish.lua's 11 arguments for one outcome: the outcome and its cancelled variant.
 
-    The variant is `task.settled_over` a stored task whose cancel was asked and
-    that holds no progress, so the rule stays written once, in task.py; the
-    script picks it when the stored task has cancel_requested set. `progress`
-    is never deleted: a stored progress stays unless the outcome carries one.
+    The variant is `task.settled_over` a stored task whose cancel was asked,
+    so the rule stays written once, in task.py; the script picks it when the
+    stored task has its cancel flag set. Progress goes separately: the script
+    keeps the stored one when the outcome has none.
     """
-    args: list[str | bytes] = [task.id, token]
     variant = task.settled_over(_CANCEL_ASKED)
-    for shape in (task, variant) if variant is not task else (task,):
-        fields, deletes = encode(shape)
-        args += [orjson.dumps(fields), orjson.dumps([f for f in deletes if f != "progress"])]
-    return args if len(args) == 6 else [*args, "", ""]
+    alternative = _placed(variant) if variant is not task else ["", "", "", ""]
+    return [task.id, token, *_placed(task), *alternative, json_or_empty(task.progress)]
+
+
+def store_args(task: Task, rev: str, new_rev: str, limit: str) -> list[str | bytes]:
+    """store.lua's arguments after the prefix, for a whole write of `task`."""
+    flag = "1" if task.cancel_requested else ""
+    progress = json_or_empty(task.progress)
+    return [task.id, rev, new_rev, limit, *_placed(task), flag, progress, repr(task.updated_at)]
 
 
 def pairs(flat: Sequence[str]) -> dict[str, str]:

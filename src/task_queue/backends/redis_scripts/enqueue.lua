@@ -1,59 +1,124 @@
--- Store new tasks, all or none: idempotency keys, the waiting bound, indexes.
--- ARGV: [1] prefix, [2] max_waiting, [3..] one JSON object per task mapping each
--- non-None Task field to its encoded string (plus rank), as redis.py encodes it.
--- Returns {'ok', {r1, r2, ...}} where r is {} for a created task, else the HGETALL
--- of the task stored first under its key; {'conflict', key}; or {'full', waiting}.
-local max_waiting = tonumber(ARGV[2])
-local docs, results, seen, fresh = {}, {}, {}, 0
-for i = 3, #ARGV do
-  local t = cjson.decode(ARGV[i])
-  docs[#docs + 1] = t
-  local key = t.idempotency_key
-  local first = nil
-  if key then
-    first = seen[key]  -- a key repeated in this batch counts like a stored one
-    if not first then
-      local id = redis.call('GET', P .. 'idem:' .. key)
-      if id then
-        first = {id = id, hash = redis.call('HGET', P .. 'task:' .. id, 'request_hash') or ''}
+-- Store new tasks for several submitters in one call; each submitter's tasks are
+-- stored all or none: idempotency keys, the waiting bound, indexes.
+-- ARGV: [1] prefix, then one group per submitter: max_waiting, n, then 9 per
+-- task: id, status (pending or scheduled), queue, rank, run_at, type,
+-- idempotency key ('' = none), request hash, task JSON.
+-- Returns one answer per group: {'ok', {r1, r2, ...}} where r is {} for a created
+-- task, else the HGETALL of the task stored first under its key; {'conflict',
+-- key}; or {'full', waiting}.
+-- Cost: one HSET per task (and a GET and SET per idempotency key); the index
+-- and counter writes are one call per script call, whatever the number of
+-- submitters and tasks.
+local W = 9
+local waiting = waiting_count()
+local seq = tonumber(redis.call('HGET', COUNTS, 'seq') or '0')
+local ready, delayed, all, types, queues, scheduled = {}, {}, {}, {}, {}, 0
+
+-- The tasks of one group that are already stored under their idempotency key
+-- (false for a fresh one), or nil and the refusal.
+local function check(at, n, max_waiting)
+  local firsts, seen, fresh = {}, {}, 0
+  for i = 0, n - 1 do
+    local base = at + i * W
+    local key, hash = ARGV[base + 6], ARGV[base + 7]
+    local first = false
+    if key ~= '' then
+      first = seen[key] or false  -- a key repeated in this group counts like a stored one
+      if not first then
+        local id = redis.call('GET', P .. 'idem:' .. key)
+        if id then
+          first = {id = id, hash = redis.call('HGET', task_key(id), 'h') or ''}
+        end
       end
     end
-  end
-  if first then
-    if first.hash ~= (t.request_hash or '') then
-      return {'conflict', key}
+    if first then
+      if first.hash ~= hash then
+        return nil, {'conflict', key}
+      end
+    else
+      fresh = fresh + 1
+      if key ~= '' then
+        seen[key] = {id = ARGV[base], hash = hash}
+      end
     end
-    results[#results + 1] = first.id
+    firsts[#firsts + 1] = first
+  end
+  if waiting + fresh > max_waiting then
+    return nil, {'full', tostring(waiting)}
+  end
+  waiting = waiting + fresh
+  return firsts
+end
+
+local function store(base)
+  local id, status, queue, rank = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+  local key = ARGV[base + 6]
+  seq = seq + 1
+  local fields = {'d', ARGV[base + 8], 's', status, 'q', queue, 'r', rank, 'seq', seq, 'rev', '0'}
+  if key ~= '' then
+    fields[#fields + 1] = 'h'
+    fields[#fields + 1] = ARGV[base + 7]
+    redis.call('SET', P .. 'idem:' .. key, id)
+  end
+  redis.call('HSET', task_key(id), unpack(fields))
+  if status == 'pending' then
+    ready[queue] = ready[queue] or {}
+    local members = ready[queue]
+    members[#members + 1] = 0
+    members[#members + 1] = member(rank, seq, id)
   else
-    results[#results + 1] = ''
-    fresh = fresh + 1
-    if key then
-      seen[key] = {id = t.id, hash = t.request_hash or ''}
-    end
+    delayed[#delayed + 1] = ARGV[base + 4]
+    delayed[#delayed + 1] = id
+    scheduled = scheduled + 1
   end
+  all[#all + 1] = seq
+  all[#all + 1] = id
+  types[ARGV[base + 5]] = (types[ARGV[base + 5]] or 0) + 1
+  queues[queue] = true
 end
-local waiting = waiting_count()
-if waiting + fresh > max_waiting then
-  return {'full', tostring(waiting)}
-end
-for i, t in ipairs(docs) do
-  if results[i] == '' then
-    local seq = redis.call('HINCRBY', COUNTS, 'seq', 1)
-    t.seq = tostring(seq)
-    t.rev = '0'
-    write(t.id, t, {})
-    redis.call('ZADD', P .. 'all', seq, t.id)
-    redis.call('SADD', P .. 'queues', t.queue)
-    redis.call('HINCRBY', COUNTS, 'type:' .. t.type, 1)
-    if t.idempotency_key then
-      redis.call('SET', P .. 'idem:' .. t.idempotency_key, t.id)
-    end
-    index(t.id, where(t.id))
-  end
-end
+
 local answers = {}
-for i, first in ipairs(results) do
-  answers[i] = first == '' and {} or redis.call('HGETALL', P .. 'task:' .. first)
+local at = 2
+while at <= #ARGV do
+  local max_waiting, n = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local first_task = at + 2
+  local firsts, refusal = check(first_task, n, max_waiting)
+  if firsts then
+    for i, first in ipairs(firsts) do
+      if not first then
+        store(first_task + (i - 1) * W)
+      end
+    end
+    local found = {}
+    for i, first in ipairs(firsts) do
+      found[i] = first and redis.call('HGETALL', task_key(first.id)) or {}
+    end
+    answers[#answers + 1] = {'ok', found}
+  else
+    answers[#answers + 1] = refusal
+  end
+  at = first_task + n * W
+end
+
+for queue, members in pairs(ready) do
+  each_chunk('ZADD', P .. 'ready:' .. queue, members, 2)
+  woke = true
+end
+if scheduled > 0 then
+  each_chunk('ZADD', P .. 'delayed', delayed, 2)
+  redis.call('HINCRBY', COUNTS, 'status:scheduled', scheduled)
+end
+if #all > 0 then
+  redis.call('HSET', COUNTS, 'seq', seq)
+  each_chunk('ZADD', P .. 'all', all, 2)
+  local names = {}
+  for queue in pairs(queues) do
+    names[#names + 1] = queue
+  end
+  redis.call('SADD', P .. 'queues', unpack(names))
+  for name, count in pairs(types) do
+    redis.call('HINCRBY', COUNTS, 'type:' .. name, count)
+  end
 end
 wake()
-return {'ok', answers}
+return answers

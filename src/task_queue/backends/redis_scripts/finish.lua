@@ -1,22 +1,64 @@
--- Store a worker's outcome for a task it holds the lease on, in one call, applying
--- Task.settled_over (task.py, the single definition of the rule) to the stored task:
---   * a cancel asked while the task ran (stored cancel_requested = 1) turns an
---     outcome that is not final into the cancelled variant Python sends along;
---   * only the fields given are written and `progress` is never deleted, so a
---     stored progress stays unless the outcome carries one.
--- ARGV: [1] prefix, [2] id, [3] lease token that must still hold the lease,
--- [4] JSON of the outcome's fields, [5] JSON list of its fields that are None
--- (without progress), [6] and [7] the same for the cancelled variant ('' when the
--- outcome is final). Returns 1 when stored, 0 when the token lost the lease.
-local id = ARGV[2]
-local cur = redis.call('HMGET', P .. 'task:' .. id, 'lease_token', 'cancel_requested')
-if cur[1] ~= ARGV[3] then
-  return 0
+-- Store workers' outcomes for tasks they hold the lease on, many in one call,
+-- applying Task.settled_over (task.py, the single definition of the rule):
+--   * a cancel asked while the task ran (stored c = 1) turns an outcome that is
+--     not final into the cancelled variant Python sends along;
+--   * progress is written only when the outcome carries a value, so a stored
+--     progress stays otherwise.
+-- ARGV: [1] prefix, then 11 per outcome: id, lease token that must still hold
+-- the lease, status, rank, score (run_at when delayed, completed_at when final),
+-- task JSON, the same four for the cancelled variant ('' when the outcome is
+-- final), progress JSON ('' = keep the stored one).
+-- Returns one 1 (stored) or 0 (the token lost the lease) per outcome.
+local W = 11
+local answers, processed, failed = {}, 0, 0
+local settled, finals = {}, {completed = {}, failed = {}, cancelled = {}}
+for at = 2, #ARGV, W do
+  local id, token = ARGV[at], ARGV[at + 1]
+  local key = task_key(id)
+  local cur = redis.call('HMGET', key, 'l', 'c', 'q', 'seq')
+  if cur[1] ~= token then
+    answers[#answers + 1] = 0
+  else
+    local from = at + 2
+    if cur[2] == '1' and not FINAL[ARGV[from]] and ARGV[at + 6] ~= '' then
+      from = at + 6
+    end
+    local status, rank, score = ARGV[from], ARGV[from + 1], ARGV[from + 2]
+    redis.call('HSET', key, 'd', ARGV[from + 3], 's', status, 'r', rank, 'rev', token .. '.')
+    redis.call('HDEL', key, 'l', 'x', 'w', 'n', 'u', 'c')
+    if ARGV[at + 10] ~= '' then
+      redis.call('HSET', key, 'p', ARGV[at + 10])
+    end
+    settled[#settled + 1] = id
+    if FINAL[status] then
+      local members = finals[status]
+      members[#members + 1] = score
+      members[#members + 1] = id
+    else
+      index(id, status, cur[3], rank, cur[4], score)
+    end
+    if status == 'failed' then
+      failed = failed + 1
+    end
+    if status == 'completed' or status == 'failed' then
+      processed = processed + 1
+    end
+    answers[#answers + 1] = 1
+  end
 end
-local fields, deletes = cjson.decode(ARGV[4]), ARGV[5]
-if cur[2] == '1' and not FINAL[fields.status] and ARGV[6] ~= '' then
-  fields, deletes = cjson.decode(ARGV[6]), ARGV[7]
+if #settled > 0 then
+  each_chunk('ZREM', P .. 'leased', settled, 1)
 end
-settle(id, fields, cjson.decode(deletes))
+for status, members in pairs(finals) do
+  if #members > 0 then
+    each_chunk('ZADD', P .. 'final:' .. status, members, 2)
+  end
+end
+if processed > 0 then
+  redis.call('HINCRBY', COUNTS, 'processed', processed)
+end
+if failed > 0 then
+  redis.call('HINCRBY', COUNTS, 'failed', failed)
+end
 wake()
-return 1
+return answers

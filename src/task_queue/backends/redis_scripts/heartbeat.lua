@@ -3,18 +3,23 @@
 -- [5..] task id, token pairs. Returns {lost ids, ids whose cancel was asked}.
 redis.call('HSET', P .. 'workers', ARGV[2], ARGV[3])
 local expires = ARGV[4]
-local lost, cancel = {}, {}
+local lost, cancel, leased = {}, {}, {}
 for i = 5, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  local f = redis.call('HMGET', P .. 'task:' .. id, 'lease_token', 'cancel_requested')
+  local key = task_key(id)
+  local f = redis.call('HMGET', key, 'l', 'c')
   if f[1] ~= token then
     lost[#lost + 1] = id
   else
-    write(id, {lease_expires_at = expires}, {})
-    redis.call('ZADD', P .. 'leased', expires, id)
+    redis.call('HSET', key, 'x', expires)
+    leased[#leased + 1] = expires
+    leased[#leased + 1] = id
     if f[2] == '1' then
       cancel[#cancel + 1] = id
     end
   end
+end
+if #leased > 0 then
+  each_chunk('ZADD', P .. 'leased', leased, 2)
 end
 return {lost, cancel}

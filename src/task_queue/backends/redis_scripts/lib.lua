@@ -5,9 +5,22 @@
 -- KEYS[1] is always <P>counts, only so that the client routes the script to that
 -- slot; ARGV[1] is the key prefix P = "{prefix}:".
 --
---   P..task:<id>       hash    one task: a field per Task field (absent = None),
---                              plus seq (submit order), rank and rev (bumped by
---                              every write, for compare-and-set from Python)
+--   P..task:<id>       hash    one task, written whole by Python and touched by
+--                              the scripts only in the small fields:
+--     d    the task as Python last wrote it (JSON object of the Task fields);
+--          never parsed here, so a script's cost does not grow with the payload
+--     s    status now (d's may be older: promote and dequeue change only s)
+--     q, r, seq        queue, rank and submit sequence, to build the ready member
+--     rev  compare-and-set stamp: replaced by every write that a read-compute-write
+--          in Python could race with (dequeue, finish, promote, store)
+--     u    updated_at, when changed since d was written
+--     p    progress JSON (kept across attempts; only a whole write with another
+--          value, or a requeue, replaces it)
+--     c    '1' when a cancel was asked while the task runs (d has the flag after that)
+--     h    request hash, when the task has an idempotency key
+--     while running (set by dequeue, removed by the next whole write):
+--     l lease token, x lease expiry, w worker id, n started_at; the attempt is
+--     counted by the reader (d holds attempts before this lease)
 --   P..ready:<queue>   zset    pending tasks; every score 0, so members sort by
 --                              bytes: rank .. seq16 .. '|' .. id where
 --                              rank = %02d of (10 - priority) .. %016d of run_at in
@@ -20,7 +33,9 @@
 --   P..final:<status>  zset    completed / failed / cancelled, score completed_at
 --   P..all             zset    every task, score seq (listing, cursors)
 --   P..idem:<key>      string  id of the task submitted with this idempotency key
---   P..counts          hash    seq, processed, failed, status:<s>, type:<t>
+--   P..counts          hash    seq, processed, failed, type:<t>, and
+--                              status:scheduled / status:retrying (the split of
+--                              delayed); every other status count is a ZCARD
 --   P..workers         hash    worker id -> WorkerInfo JSON
 --   P..wake            channel a message whenever tasks become pending
 --
@@ -28,8 +43,9 @@
 
 local P = ARGV[1]
 local COUNTS = P .. 'counts'
-local WAITING = {pending = true, scheduled = true, retrying = true}
+local DELAYED = {scheduled = true, retrying = true}
 local FINAL = {completed = true, failed = true, cancelled = true}
+local CHUNK = 1000  -- members per variadic call, well under Lua's unpack limit
 local woke = false
 
 local function pad16(n)
@@ -37,94 +53,91 @@ local function pad16(n)
   return string.rep('0', 16 - #s) .. s
 end
 
--- The stored fields that decide which index holds a task.
-local function where(id)
-  local f = redis.call('HMGET', P .. 'task:' .. id,
-    'status', 'queue', 'rank', 'seq', 'run_at', 'lease_expires_at', 'completed_at')
-  return {status = f[1], queue = f[2], rank = f[3], seq = f[4], run_at = f[5],
-          lease = f[6], done = f[7]}
+local function member(rank, seq, id)
+  return rank .. pad16(seq) .. '|' .. id
 end
 
-local function ready_member(id, w)
-  return w.rank .. pad16(w.seq) .. '|' .. id
+local function task_key(id)
+  return P .. 'task:' .. id
 end
 
-local function unindex(id, w)
-  local s = w.status
+-- One variadic command over a long list, in chunks: ZADD key s1 m1 s2 m2 ...
+local function each_chunk(command, key, items, width)
+  local step = CHUNK * width
+  for first = 1, #items, step do
+    redis.call(command, key, unpack(items, first, math.min(first + step - 1, #items)))
+  end
+end
+
+-- Remove task `id` (stored status s, queue q, rank r, sequence seq) from its index.
+local function unindex(id, s, q, r, seq)
   if s == 'pending' then
-    redis.call('ZREM', P .. 'ready:' .. w.queue, ready_member(id, w))
-  elseif s == 'scheduled' or s == 'retrying' then
+    redis.call('ZREM', P .. 'ready:' .. q, member(r, seq, id))
+  elseif DELAYED[s] then
     redis.call('ZREM', P .. 'delayed', id)
+    redis.call('HINCRBY', COUNTS, 'status:' .. s, -1)
   elseif s == 'running' then
     redis.call('ZREM', P .. 'leased', id)
   elseif FINAL[s] then
     redis.call('ZREM', P .. 'final:' .. s, id)
   end
-  redis.call('HINCRBY', COUNTS, 'status:' .. s, -1)
 end
 
-local function index(id, w)
-  local s = w.status
+-- Add it to the index of status s; `score` is run_at (delayed) or completed_at (final).
+local function index(id, s, q, r, seq, score)
   if s == 'pending' then
-    redis.call('ZADD', P .. 'ready:' .. w.queue, 0, ready_member(id, w))
+    redis.call('ZADD', P .. 'ready:' .. q, 0, member(r, seq, id))
     woke = true
-  elseif s == 'scheduled' or s == 'retrying' then
-    redis.call('ZADD', P .. 'delayed', w.run_at, id)
-  elseif s == 'running' then
-    redis.call('ZADD', P .. 'leased', w.lease, id)
+  elseif DELAYED[s] then
+    redis.call('ZADD', P .. 'delayed', score, id)
+    redis.call('HINCRBY', COUNTS, 'status:' .. s, 1)
   elseif FINAL[s] then
-    redis.call('ZADD', P .. 'final:' .. s, w.done, id)
+    redis.call('ZADD', P .. 'final:' .. s, score, id)
   end
-  redis.call('HINCRBY', COUNTS, 'status:' .. s, 1)
 end
 
--- Overwrite a task's fields (all strings) and delete those that became None.
-local function write(id, fields, deletes)
-  local key = P .. 'task:' .. id
-  if #deletes > 0 then
-    redis.call('HDEL', key, unpack(deletes))
-  end
-  local flat = {}
-  for name, value in pairs(fields) do
-    flat[#flat + 1] = name
-    flat[#flat + 1] = value
-  end
-  if #flat > 0 then
-    redis.call('HSET', key, unpack(flat))
-  end
-  redis.call('HINCRBY', key, 'rev', 1)
-end
-
+-- Pending tasks per queue and the total waiting (pending + scheduled + retrying).
 local function waiting_count()
-  local c = redis.call('HMGET', COUNTS, 'status:pending', 'status:scheduled', 'status:retrying')
-  return (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0)
-end
-
--- Due scheduled and retrying tasks become pending, as Task.promoted(now) does:
--- only status and updated_at change. At most `limit` per call, to bound the script.
-local function promote_due(now, limit)
-  local ids = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(ids) do
-    unindex(id, where(id))
-    write(id, {status = 'pending', updated_at = now}, {})
-    index(id, where(id))
+  local total = redis.call('ZCARD', P .. 'delayed')
+  for _, queue in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+    total = total + redis.call('ZCARD', P .. 'ready:' .. queue)
   end
-  return #ids
+  return total
 end
 
--- Move a task to its new state: indexes, status counters, and processed/failed
--- when it becomes final (cancelled counts in neither). Used by store and finish.
-local function settle(id, fields, deletes)
-  local old = where(id)
-  unindex(id, old)
-  write(id, fields, deletes)
-  index(id, where(id))
-  if FINAL[fields.status] and not FINAL[old.status] and fields.status ~= 'cancelled' then
+-- A final status counts in processed (and failed) once, when first reached;
+-- cancelled counts in neither.
+local function count_final(old, new)
+  if FINAL[new] and not FINAL[old] and new ~= 'cancelled' then
     redis.call('HINCRBY', COUNTS, 'processed', 1)
-    if fields.status == 'failed' then
+    if new == 'failed' then
       redis.call('HINCRBY', COUNTS, 'failed', 1)
     end
   end
+end
+
+-- Due scheduled and retrying tasks become pending, as Task.promoted(now) does:
+-- only status and updated_at change. At most `limit` per call, to bound the
+-- script; `stamp` makes each promoted task's rev new.
+local function promote_due(now, limit, stamp)
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
+  if #ids == 0 then
+    return 0
+  end
+  local left = {}
+  for i, id in ipairs(ids) do
+    local key = task_key(id)
+    local f = redis.call('HMGET', key, 's', 'q', 'r', 'seq')
+    left[f[1]] = (left[f[1]] or 0) + 1
+    redis.call('ZADD', P .. 'ready:' .. f[2], 0, member(f[3], f[4], id))
+    redis.call('HSET', key, 's', 'pending', 'u', now, 'rev', stamp .. ':' .. i)
+  end
+  each_chunk('ZREM', P .. 'delayed', ids, 1)
+  for status, n in pairs(left) do
+    redis.call('HINCRBY', COUNTS, 'status:' .. status, -n)
+  end
+  woke = true
+  return #ids
 end
 
 local function wake()

@@ -10,16 +10,20 @@ for _, status in ipairs({'completed', 'cancelled'}) do
   local ids = redis.call('ZRANGEBYSCORE', P .. 'final:' .. status, '-inf', '(' .. ARGV[2],
     'LIMIT', 0, left)
   for _, id in ipairs(ids) do
-    local key = P .. 'task:' .. id
-    local f = redis.call('HMGET', key, 'type', 'idempotency_key')
-    unindex(id, where(id))
-    redis.call('HINCRBY', COUNTS, 'type:' .. f[1], -1)
-    if f[2] and redis.call('GET', P .. 'idem:' .. f[2]) == id then
-      redis.call('DEL', P .. 'idem:' .. f[2])
+    local key = task_key(id)
+    -- Read once per purged task, off the hot path: the type and key live only in d.
+    local task = cjson.decode(redis.call('HGET', key, 'd'))
+    redis.call('HINCRBY', COUNTS, 'type:' .. task.type, -1)
+    local idem = task.idempotency_key
+    if type(idem) == 'string' and redis.call('GET', P .. 'idem:' .. idem) == id then
+      redis.call('DEL', P .. 'idem:' .. idem)
     end
-    redis.call('ZREM', P .. 'all', id)
     redis.call('DEL', key)
-    count = count + 1
   end
+  if #ids > 0 then
+    each_chunk('ZREM', P .. 'final:' .. status, ids, 1)
+    each_chunk('ZREM', P .. 'all', ids, 1)
+  end
+  count = count + #ids
 end
 return count

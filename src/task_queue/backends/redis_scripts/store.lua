@@ -1,27 +1,42 @@
 -- Store a transition Python computed (cancel, requeue) as a compare-and-set.
--- ARGV: [1] prefix, [2] id, [3] the rev the caller read, [4] lease token that must
--- still be held ('' = no lease check), [5] max_waiting ('' = unbounded), [6] JSON
--- of the fields to set, [7] JSON list of the fields that became None.
--- Returns 'ok', 'gone' (no such task), 'lost' (token no longer holds the lease),
--- 'stale' (written since the caller read it: read again and recompute) or 'full'.
+-- ARGV: [1] prefix, [2] id, [3] the rev the caller read, [4] a new rev, [5]
+-- max_waiting ('' = unbounded), then the new task: [6] status, [7] rank, [8]
+-- score (run_at when delayed, completed_at when final), [9] task JSON, [10] '1'
+-- when a cancel is asked, [11] progress JSON ('' = none), [12] updated_at.
+-- A running task stays running (a cancel request): only c and u are written,
+-- its lease and d stay as they are. Any other write replaces d and clears the
+-- fields laid over it.
+-- Returns 'ok', 'gone' (no such task), 'stale' (written since the caller read
+-- it: read again and recompute) or 'full'.
 local id = ARGV[2]
-local cur = redis.call('HMGET', P .. 'task:' .. id, 'rev', 'lease_token')
+local key = task_key(id)
+local cur = redis.call('HMGET', key, 'rev', 's', 'q', 'r', 'seq')
 if not cur[1] then
   return 'gone'
-end
-if ARGV[4] ~= '' and cur[2] ~= ARGV[4] then
-  return 'lost'
 end
 if cur[1] ~= ARGV[3] then
   return 'stale'
 end
-local fields = cjson.decode(ARGV[6])
-if ARGV[5] ~= '' and WAITING[fields.status] then
-  local status = redis.call('HGET', P .. 'task:' .. id, 'status')
-  if not WAITING[status] and waiting_count() + 1 > tonumber(ARGV[5]) then
+local old, status = cur[2], ARGV[6]
+if status == 'running' then
+  redis.call('HSET', key, 'c', ARGV[10], 'u', ARGV[12], 'rev', ARGV[4])
+  return 'ok'
+end
+local was_waiting = old == 'pending' or DELAYED[old]
+if ARGV[5] ~= '' and (status == 'pending' or DELAYED[status]) and not was_waiting then
+  if waiting_count() + 1 > tonumber(ARGV[5]) then
     return 'full'
   end
 end
-settle(id, fields, cjson.decode(ARGV[7]))
+unindex(id, old, cur[3], cur[4], cur[5])
+redis.call('HSET', key, 'd', ARGV[9], 's', status, 'r', ARGV[7], 'rev', ARGV[4])
+redis.call('HDEL', key, 'l', 'x', 'w', 'n', 'u', 'c')
+if ARGV[11] == '' then
+  redis.call('HDEL', key, 'p')
+else
+  redis.call('HSET', key, 'p', ARGV[11])
+end
+index(id, status, cur[3], ARGV[7], cur[5], ARGV[8])
+count_final(old, status)
 wake()
 return 'ok'

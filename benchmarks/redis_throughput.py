@@ -1,0 +1,159 @@
+"""Redis backend throughput: submits through the Python API, and drain by worker processes.
+
+    .venv/bin/python benchmarks/redis_throughput.py [--tasks 20000] [--workers 1,2]
+
+Starts a throwaway `redis-server --save "" --appendonly no` on a free port
+(never the shared 6379) and measures, each on an empty prefix:
+
+1. single submits: 50 coroutines of one AsyncClient, one task per call;
+2. batched submits: calls of 500 tasks, one after the other;
+3. drain: `--tasks` no-op tasks queued first, then N `task-queue worker`
+   processes (WORKER_COUNT 10, LOG_LEVEL warning) run them. As for the peers
+   (benchmarks/peers), the rate runs from the first completion to the last,
+   so process start-up is left out; the processed counter is polled every 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from task_queue.backends.redis import RedisBackend
+from task_queue.client import AsyncClient, TaskRequest
+from task_queue.logs import configure
+from task_queue.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBMITTERS = 50
+BATCH = 500
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    proc = subprocess.Popen([*argv, "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(200):
+        try:
+            redis.Redis.from_url(url).ping()
+            return proc, url
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"redis-server did not start on port {port}")
+
+
+async def noop(payload: dict[str, Any]) -> None:
+    return None
+
+
+def registry() -> Registry:
+    found = Registry()
+    found.task("noop")(noop)
+    return found
+
+
+async def submit_rate(url: str, prefix: str, tasks: int, *, batched: bool) -> float:
+    backend = RedisBackend(url, max_waiting=tasks, prefix=prefix)
+    await backend.open()
+    client = AsyncClient(backend, registry=registry())
+    request = TaskRequest(type="noop")
+    started = time.perf_counter()
+    if batched:
+        for first in range(0, tasks, BATCH):
+            await client.submit_requests([request] * min(BATCH, tasks - first))
+    else:
+
+        async def submitter(share: int) -> None:
+            for _ in range(share):
+                await client.submit_requests([request])
+
+        shares = [tasks // SUBMITTERS + (i < tasks % SUBMITTERS) for i in range(SUBMITTERS)]
+        await asyncio.gather(*(submitter(n) for n in shares))
+    elapsed = time.perf_counter() - started
+    await backend.close()
+    return tasks / elapsed
+
+
+async def drain_rate(url: str, tasks: int, workers: int) -> float:
+    redis.Redis.from_url(url).flushall()  # workers use the default prefix
+    backend = RedisBackend(url, max_waiting=tasks)
+    await backend.open()
+    client = AsyncClient(backend, registry=registry())
+    request = TaskRequest(type="noop")
+    for first in range(0, tasks, BATCH):
+        await client.submit_requests([request] * min(BATCH, tasks - first))
+    env = {
+        **os.environ,
+        "REDIS_URL": url,
+        "QUEUE_BACKEND": "redis",
+        "TASK_MODULES": "benchmarks.noop_tasks",
+        "WORKER_COUNT": "10",
+        "QUEUE_SIZE": str(tasks),
+        "LOG_LEVEL": "warning",
+        "LOG_FILE": "",
+        "PYTHONPATH": str(ROOT),
+    }
+    binary = Path(sys.executable).with_name("task-queue")
+    procs = [
+        await asyncio.create_subprocess_exec(
+            str(binary), "worker", env=env, cwd=ROOT, stdout=subprocess.DEVNULL
+        )
+        for _ in range(workers)
+    ]
+    try:
+        first_at, first_count = 0.0, 0
+        while True:
+            done = (await backend.stats()).processed
+            if done and not first_at:
+                first_at, first_count = time.perf_counter(), done
+            if done >= tasks:
+                return (done - first_count) / (time.perf_counter() - first_at)
+            if any(proc.returncode is not None for proc in procs):
+                raise SystemExit("a worker process exited during the drain")
+            await asyncio.sleep(0.005)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            await asyncio.wait_for(proc.wait(), 30)
+        await backend.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--workers", default="1,2", help="worker process counts to drain with")
+    args = parser.parse_args()
+    configure("warning", "console", None)
+    server, url = start_redis()
+    rows: list[tuple[str, Any]] = []
+    try:
+        single = await submit_rate(url, "single", args.tasks, batched=False)
+        rows.append(("single submits, 50 coroutines", single))
+        batched = await submit_rate(url, "batched", args.tasks, batched=True)
+        rows.append((f"batched submits, {BATCH} per call", batched))
+        for count in (int(n) for n in args.workers.split(",")):
+            rate = await drain_rate(url, args.tasks, count)
+            rows.append((f"drain, {count} worker process(es), WORKER_COUNT 10", rate))
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"| measurement ({args.tasks:,} no-op tasks) | tasks/s |\n|---|---:|")
+    for name, rate in rows:
+        print(f"| {name} | {rate:,.0f} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

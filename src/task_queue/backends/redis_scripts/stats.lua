@@ -1,0 +1,25 @@
+-- One consistent snapshot for GET /stats: tasks per status, the counters, and
+-- how many finished since `horizon`.
+-- ARGV: [1] prefix, [2] horizon. Returns {status/count pairs, HGETALL of counts,
+-- completed since horizon, failed since horizon}.
+local pending = 0
+for _, queue in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+  pending = pending + redis.call('ZCARD', P .. 'ready:' .. queue)
+end
+local c = redis.call('HMGET', COUNTS, 'status:scheduled', 'status:retrying')
+local statuses = {
+  'pending', pending,
+  'scheduled', tonumber(c[1]) or 0,
+  'retrying', tonumber(c[2]) or 0,
+  'running', redis.call('ZCARD', P .. 'leased'),
+}
+for status in pairs(FINAL) do
+  statuses[#statuses + 1] = status
+  statuses[#statuses + 1] = redis.call('ZCARD', P .. 'final:' .. status)
+end
+return {
+  statuses,
+  redis.call('HGETALL', COUNTS),
+  redis.call('ZCOUNT', P .. 'final:completed', ARGV[2], '+inf'),
+  redis.call('ZCOUNT', P .. 'final:failed', ARGV[2], '+inf'),
+}
