@@ -12,7 +12,6 @@ import enum
 import functools
 import os
 import random
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,7 +49,16 @@ DEFAULT_TIMEOUT_SECONDS = 300.0
 
 
 def new_task_id() -> str:
-    return str(uuid.UUID(bytes=os.urandom(16), version=4))
+    """A random (version 4) UUID in its text form.
+
+    Built from the bytes directly: uuid.UUID validates and converts through an
+    int, three times the cost, and batches of submits make thousands a second.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def new_lease_token() -> str:
