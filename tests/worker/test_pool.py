@@ -573,3 +573,19 @@ async def test_prefetch_zero_leases_only_as_many_tasks_as_free_slots(
             held.go[task.id].set()
         for task in tasks:
             assert (await eventually(store, task.id, final)).status is TaskStatus.COMPLETED
+
+
+async def test_a_prefetched_task_records_when_its_handler_started_not_when_it_was_leased(
+    store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
+) -> None:
+    held = Held(registry)
+    first, second = [await submit(store, clock, "held") for _ in range(2)]
+    async with pool_with(store, registry, settings, worker_count=1, worker_prefetch=1):
+        await until(lambda: held.started == [first.id])
+        leased = await eventually(store, second.id, status_is(TaskStatus.RUNNING))
+        clock.advance(5)
+        held.go[first.id].set()
+        held.go[second.id].set()
+        done = await eventually(store, second.id, final)
+        assert leased.started_at == clock.now() - 5
+        assert done.started_at == clock.now()

@@ -217,7 +217,7 @@ class WorkerPool:
                 log.warning("lease ran out before the task started: handed back", task_id=task.id)
                 self._spawn(self._hand_back(task))
             else:
-                self._running[task.id] = self._spawn(self._execute(task))
+                self._running[task.id] = self._spawn(self._execute(task.began(now)))
             self._unbuffer(task.id)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
