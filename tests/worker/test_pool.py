@@ -589,3 +589,26 @@ async def test_a_prefetched_task_records_when_its_handler_started_not_when_it_wa
         done = await eventually(store, second.id, final)
         assert leased.started_at == clock.now() - 5
         assert done.started_at == clock.now()
+
+
+async def test_abort_hands_back_running_and_prefetched_tasks_without_counting_attempts(
+    store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
+) -> None:
+    held = Held(registry)
+    first, second = [await submit(store, clock, "held") for _ in range(2)]
+    changed = settings.model_copy(update={"worker_count": 1, "worker_prefetch": 1})
+    workers = WorkerPool(store, registry, changed, worker_id="w", queues=[])
+    runner = asyncio.create_task(workers.run())
+    await until(lambda: held.started == [first.id])
+    await eventually(store, second.id, status_is(TaskStatus.RUNNING))
+
+    workers.stop()
+    await runner
+    await workers.abort()  # the second signal
+    await workers.close()
+
+    for task in (first, second):
+        back = await store.get(task.id)
+        assert (back.status, back.attempts, back.lease_token) == (TaskStatus.PENDING, 0, None)
+    assert workers.leases() == {}
+    assert held.started == [first.id]
