@@ -41,6 +41,12 @@ def test_cli_override_beats_the_environment() -> None:
     assert settings.port == 9100
 
 
+def test_prefetch_defaults_to_worker_count_and_may_be_zero() -> None:
+    assert Settings.load(environ={"WORKER_COUNT": "7"}).prefetch == 7
+    assert Settings.load(environ={"WORKER_COUNT": "7", "WORKER_PREFETCH": ""}).prefetch == 7
+    assert Settings.load(environ={"WORKER_COUNT": "7", "WORKER_PREFETCH": "0"}).prefetch == 0
+
+
 def test_empty_log_file_disables_the_file_log() -> None:
     assert Settings.load(environ={"LOG_FILE": ""}).log_file is None
 
@@ -51,6 +57,8 @@ def test_empty_log_file_disables_the_file_log() -> None:
         ("PORT", "abc"),
         ("PORT", "70000"),
         ("WORKER_COUNT", "0"),
+        ("WORKER_PREFETCH", "-1"),
+        ("WORKER_PREFETCH", "some"),
         ("QUEUE_BACKEND", "bogus"),
         ("LEASE_SECONDS", "-1"),
         ("LOG_FORMAT", "xml"),

@@ -195,6 +195,10 @@ class Task:
             worker_id=worker_id,
         )
 
+    def began(self, now: float) -> Task:
+        """Its handler starts now: a prefetched task waited, leased, since dequeue stamped it."""
+        return self._with(started_at=now)
+
     def _unleased(self, **changes: Any) -> Task:
         return self._with(lease_token=None, lease_expires_at=None, worker_id=None, **changes)
 

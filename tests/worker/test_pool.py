@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 from task_queue._clock import ManualClock
-from task_queue.backends.base import LeaseReport
+from task_queue.backends.base import LeaseReport, WorkerInfo
 from task_queue.backends.memory import MemoryBackend
+from task_queue.config import Settings
 from task_queue.errors import PermanentError, Retry
 from task_queue.registry import Registry, TaskContext
 from task_queue.task import Task, TaskStatus
+from task_queue.worker.heartbeat import Heartbeat
 from task_queue.worker.pool import WorkerPool
 from tests.worker.conftest import eventually
 
@@ -320,3 +326,289 @@ async def test_sync_handlers_report_progress_from_their_thread(
     task = await submit(store, clock, "blocking_progress")
     done = await eventually(store, task.id, final)
     assert (done.status, done.progress) == (TaskStatus.COMPLETED, 0.5)
+
+
+# Prefetch: leased tasks held beyond the slots, started without another dequeue --------
+
+
+@contextlib.asynccontextmanager
+async def pool_with(
+    store: MemoryBackend, registry: Registry, settings: Settings, **overrides: Any
+) -> AsyncIterator[WorkerPool]:
+    """A running pool with these settings changed; stopped and drained at the end."""
+    workers = WorkerPool(
+        store, registry, settings.model_copy(update=overrides), worker_id="w", queues=[]
+    )
+    runner = asyncio.create_task(workers.run())
+    try:
+        yield workers
+    finally:
+        workers.stop()
+        await runner
+        await workers.abort()
+        await workers.close()
+
+
+def record_dequeues(monkeypatch: pytest.MonkeyPatch, store: MemoryBackend) -> list[int]:
+    """The `limit` of every dequeue the pool makes, in order."""
+    limits: list[int] = []
+    dequeue = store.dequeue
+
+    async def recorded(queues: Sequence[str], limit: int, **options: Any) -> list[Task]:
+        limits.append(limit)
+        return await dequeue(queues, limit, **options)
+
+    monkeypatch.setattr(store, "dequeue", recorded)
+    return limits
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.002)
+
+
+class Held:
+    """A task type whose runs wait until the test lets each one go; records which started."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.started: list[str] = []
+        self.tokens: dict[str, str | None] = {}
+        self.go: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+
+        @registry.task("held")
+        async def held(payload: dict[str, Any], ctx: TaskContext) -> str:
+            self.started.append(ctx.task.id)
+            self.tokens[ctx.task.id] = ctx.task.lease_token
+            await self.go[ctx.task.id].wait()
+            return "done"
+
+
+async def statuses(store: MemoryBackend, tasks: list[Task]) -> list[TaskStatus]:
+    return [(await store.get(task.id)).status for task in tasks]
+
+
+async def test_pool_leases_its_slots_plus_prefetch_and_starts_only_its_slots(
+    store: MemoryBackend,
+    registry: Registry,
+    settings: Settings,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = Held(registry)
+    tasks = [await submit(store, clock, "held") for _ in range(7)]
+    limits = record_dequeues(monkeypatch, store)
+    async with pool_with(store, registry, settings, worker_count=2, worker_prefetch=3) as workers:
+        await until(lambda: len(held.started) == 2)
+        await eventually(store, tasks[4].id, status_is(TaskStatus.RUNNING))
+        assert limits[0] == 5
+        assert held.started == [tasks[0].id, tasks[1].id]
+        assert await statuses(store, tasks) == [TaskStatus.RUNNING] * 5 + [TaskStatus.PENDING] * 2
+        assert set(workers.leases()) == {task.id for task in tasks[:5]}
+        info = WorkerInfo(id="w", hostname="h", pid=1, queues=[], concurrency=2, started_at=0)
+        workers.describe(info)
+        assert (info.current_tasks, info.state) == ([tasks[0].id, tasks[1].id], "busy")
+        for task in tasks:
+            held.go[task.id].set()
+
+
+async def test_buffered_tasks_start_in_order_as_slots_free_while_the_backend_is_stalled(
+    store: MemoryBackend,
+    registry: Registry,
+    settings: Settings,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = Held(registry)
+    first = await submit(store, clock, "held")
+    async with pool_with(store, registry, settings, worker_count=1, worker_prefetch=2):
+        await until(lambda: held.started == [first.id])
+        low, high, middle = (Task.new("held", {}, now=clock.now(), priority=p) for p in (0, 9, 5))
+        await store.enqueue([low, high, middle])  # at once: dequeued in priority order
+        await eventually(store, middle.id, status_is(TaskStatus.RUNNING))
+        # From now on every dequeue hangs until the backend resumes.
+        resume = asyncio.Event()
+        dequeue = store.dequeue
+
+        async def stalled(*args: Any, **options: Any) -> list[Task]:
+            await resume.wait()
+            return await dequeue(*args, **options)
+
+        monkeypatch.setattr(store, "dequeue", stalled)
+        for task in (first, high, middle, low):
+            held.go[task.id].set()
+        await eventually(store, middle.id, final)
+        assert held.started == [first.id, high.id, middle.id]
+        assert (await store.get(low.id)).status is TaskStatus.PENDING  # beyond 1 slot + 2
+        resume.set()
+        assert (await eventually(store, low.id, final)).status is TaskStatus.COMPLETED
+
+
+async def test_stop_hands_buffered_tasks_back_to_pending_at_once_without_counting_an_attempt(
+    store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
+) -> None:
+    held = Held(registry)
+    first, *buffered = [await submit(store, clock, "held") for _ in range(3)]
+    changed = settings.model_copy(update={"worker_count": 1, "worker_prefetch": 2})
+    workers = WorkerPool(store, registry, changed, worker_id="w", queues=[])
+    runner = asyncio.create_task(workers.run())
+    await until(lambda: held.started == [first.id])
+    await eventually(store, buffered[-1].id, status_is(TaskStatus.RUNNING))
+
+    workers.stop()
+    await runner  # the clock has not moved: no lease expired, nothing waited for one
+
+    for task in buffered:
+        back = await store.get(task.id)
+        assert (back.status, back.attempts, back.lease_token) == (TaskStatus.PENDING, 0, None)
+        assert back.started_at is None
+    assert workers.leases().keys() == {first.id}
+    assert (await store.get(first.id)).status is TaskStatus.RUNNING
+    held.go[first.id].set()
+    assert await workers.drain(5.0)
+    await workers.close()
+    assert (await store.get(first.id)).status is TaskStatus.COMPLETED
+    assert held.started == [first.id]
+
+
+async def test_cancel_of_a_buffered_task_stores_it_cancelled_without_running_it(
+    store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
+) -> None:
+    held = Held(registry)
+    first, second = [await submit(store, clock, "held") for _ in range(2)]
+    async with pool_with(store, registry, settings, worker_count=1, worker_prefetch=1) as workers:
+        await until(lambda: held.started == [first.id])
+        await eventually(store, second.id, status_is(TaskStatus.RUNNING))
+        await store.cancel(second.id)
+        info = WorkerInfo(id="w", hostname="h", pid=1, queues=[], concurrency=1, started_at=0)
+        await Heartbeat(store, workers, info).run_once()
+
+        cancelled = await eventually(store, second.id, final)
+        assert (cancelled.status, cancelled.attempts) == (TaskStatus.CANCELLED, 0)
+        assert second.id not in workers.leases()
+        held.go[first.id].set()
+        assert (await eventually(store, first.id, final)).status is TaskStatus.COMPLETED
+        assert held.started == [first.id]
+
+
+async def test_buffered_task_whose_lease_is_lost_is_dropped_without_running(
+    store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
+) -> None:
+    held = Held(registry)
+    first, second = [await submit(store, clock, "held") for _ in range(2)]
+    async with pool_with(store, registry, settings, worker_count=1, worker_prefetch=1) as workers:
+        await until(lambda: held.started == [first.id])
+        taken = await eventually(store, second.id, status_is(TaskStatus.RUNNING))
+        # Someone else finishes it with the current token: this pool's lease is gone.
+        await store.finish(taken.completed("elsewhere", clock.now()), taken.lease_token or "")
+        info = WorkerInfo(id="w", hostname="h", pid=1, queues=[], concurrency=1, started_at=0)
+        await Heartbeat(store, workers, info).run_once()
+
+        assert second.id not in workers.leases()
+        held.go[first.id].set()
+        assert (await eventually(store, first.id, final)).status is TaskStatus.COMPLETED
+        assert await workers.drain(5.0)
+        assert held.started == [first.id]
+        assert (await store.get(second.id)).result == "elsewhere"
+
+
+async def test_buffered_task_whose_lease_ran_out_is_handed_back_instead_of_started(
+    store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
+) -> None:
+    held = Held(registry)
+    first, second = [await submit(store, clock, "held") for _ in range(2)]
+    async with pool_with(store, registry, settings, worker_count=1, worker_prefetch=1):
+        await until(lambda: held.started == [first.id])
+        stale = await eventually(store, second.id, status_is(TaskStatus.RUNNING))
+        clock.advance(31)  # past LEASE_SECONDS with no heartbeat: a long pause
+        held.go[first.id].set()
+        await until(lambda: second.id in held.started)  # again, under a new lease
+
+        assert held.tokens[second.id] != stale.lease_token
+        held.go[second.id].set()
+        done = await eventually(store, second.id, final)
+        assert (done.status, done.attempts) == (TaskStatus.COMPLETED, 1)
+
+
+async def test_heartbeat_keeps_a_buffered_task_startable_past_its_first_lease(
+    store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
+) -> None:
+    held = Held(registry)
+    first, second = [await submit(store, clock, "held") for _ in range(2)]
+    async with pool_with(store, registry, settings, worker_count=1, worker_prefetch=1) as workers:
+        await until(lambda: held.started == [first.id])
+        buffered = await eventually(store, second.id, status_is(TaskStatus.RUNNING))
+        info = WorkerInfo(id="w", hostname="h", pid=1, queues=[], concurrency=1, started_at=0)
+        for _ in range(3):  # 60 s in all, a heartbeat every 20
+            clock.advance(20)
+            await Heartbeat(store, workers, info).run_once()
+        held.go[first.id].set()
+        await until(lambda: second.id in held.started)
+
+        assert held.tokens[second.id] == buffered.lease_token
+        held.go[second.id].set()
+        assert (await eventually(store, second.id, final)).attempts == 1
+
+
+async def test_prefetch_zero_leases_only_as_many_tasks_as_free_slots(
+    store: MemoryBackend,
+    registry: Registry,
+    settings: Settings,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = Held(registry)
+    tasks = [await submit(store, clock, "held") for _ in range(4)]
+    limits = record_dequeues(monkeypatch, store)
+    async with pool_with(store, registry, settings, worker_count=2, worker_prefetch=0):
+        await until(lambda: len(held.started) == 2)
+        assert limits == [2]
+        assert await statuses(store, tasks) == [TaskStatus.RUNNING] * 2 + [TaskStatus.PENDING] * 2
+        held.go[tasks[0].id].set()
+        await until(lambda: len(held.started) == 3)
+        assert limits == [2, 1]
+        for task in tasks:
+            held.go[task.id].set()
+        for task in tasks:
+            assert (await eventually(store, task.id, final)).status is TaskStatus.COMPLETED
+
+
+async def test_a_prefetched_task_records_when_its_handler_started_not_when_it_was_leased(
+    store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
+) -> None:
+    held = Held(registry)
+    first, second = [await submit(store, clock, "held") for _ in range(2)]
+    async with pool_with(store, registry, settings, worker_count=1, worker_prefetch=1):
+        await until(lambda: held.started == [first.id])
+        leased = await eventually(store, second.id, status_is(TaskStatus.RUNNING))
+        clock.advance(5)
+        held.go[first.id].set()
+        held.go[second.id].set()
+        done = await eventually(store, second.id, final)
+        assert leased.started_at == clock.now() - 5
+        assert done.started_at == clock.now()
+
+
+async def test_abort_hands_back_running_and_prefetched_tasks_without_counting_attempts(
+    store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
+) -> None:
+    held = Held(registry)
+    first, second = [await submit(store, clock, "held") for _ in range(2)]
+    changed = settings.model_copy(update={"worker_count": 1, "worker_prefetch": 1})
+    workers = WorkerPool(store, registry, changed, worker_id="w", queues=[])
+    runner = asyncio.create_task(workers.run())
+    await until(lambda: held.started == [first.id])
+    await eventually(store, second.id, status_is(TaskStatus.RUNNING))
+
+    workers.stop()
+    await runner
+    await workers.abort()  # the second signal
+    await workers.close()
+
+    for task in (first, second):
+        back = await store.get(task.id)
+        assert (back.status, back.attempts, back.lease_token) == (TaskStatus.PENDING, 0, None)
+    assert workers.leases() == {}
+    assert held.started == [first.id]

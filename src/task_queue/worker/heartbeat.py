@@ -23,7 +23,9 @@ class Heartbeat(PeriodicLoop):
 
     async def run_once(self) -> None:
         self.pool.describe(self.info)
+        # Taken before the backend stamps the new expiry, so the pool's estimate errs early.
+        renewed_at = self.backend.clock.now()
         report = await self.backend.heartbeat(
             self.info, self.pool.leases(), self.pool.lease_seconds
         )
-        self.pool.apply(report)
+        self.pool.apply(report, renewed_at=renewed_at)

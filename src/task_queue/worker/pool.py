@@ -1,11 +1,15 @@
 """Runs tasks: up to WORKER_COUNT at once in one event loop.
 
-The pool takes as many tasks as it has free slots (no prefetch beyond them, so
-a high-priority task submitted while every slot is busy runs next), executes
-each handler under its timeout, turns the outcome into a transition of the
-task's state machine and stores it with the lease token. A slot is freed as
-soon as the handler returns; the acknowledgement is written afterwards, so a
-SQLite backend commits the acknowledgements and the next dequeue together.
+The pool leases up to WORKER_PREFETCH tasks beyond its free slots and keeps the
+unstarted ones in a buffer, in dequeue (priority) order, so a freed slot starts
+its next task without a round trip to the backend; the buffer is refilled when
+it runs low. Buffered tasks hold a lease like running ones (the heartbeat
+extends it), so on stop they are handed back at once rather than left to expire.
+
+Each handler runs under its timeout; its outcome becomes a transition of the
+task's state machine, stored with the lease token. A slot is freed as soon as
+the handler returns; the acknowledgement is written afterwards, so a SQLite
+backend commits the acknowledgements and the next dequeue together.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 import enum
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -67,41 +71,50 @@ class WorkerPool:
         self.worker_id = worker_id
         self.queues = list(queues)
         self.capacity = settings.worker_count
+        self.prefetch = settings.prefetch
         self.lease_seconds = settings.lease_seconds
         self.processed = 0
         self.failed = 0
         self._clock = backend.clock
         self._threads = ThreadPoolExecutor(self.capacity, thread_name_prefix="task-queue-handler")
         self._held: dict[str, str] = {}  # every task this pool holds a lease on: id -> token
+        self._buffer: dict[str, Task] = {}  # leased, not started; insertion = dequeue order
+        # When each buffered task's lease runs out at the earliest: the time the pool
+        # asked for it (dequeue or heartbeat) plus LEASE_SECONDS.
+        self._lease_until: dict[str, float] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._interrupts: dict[str, Interrupt] = {}
-        self._executions: set[asyncio.Task[None]] = set()
-        self._slot_freed = asyncio.Event()
+        self._executions: set[asyncio.Task[None]] = set()  # handlers, acks and hand-backs
+        self._wake = asyncio.Event()  # a slot or buffer place freed, or stop() was called
         self._stopping = asyncio.Event()
         # Redirects are not followed: a URL checked as public could redirect inward.
         self.http = httpx.AsyncClient(follow_redirects=False, timeout=HTTP_TIMEOUT_SECONDS)
 
     def leases(self) -> dict[str, str]:
+        """Every lease the pool holds, buffered tasks included, for the heartbeat to extend."""
         return dict(self._held)
 
     def describe(self, info: WorkerInfo) -> None:
+        """Fill in the worker record; buffered tasks are not running, so they are not listed."""
         info.current_tasks = list(self._running)
         info.state = "stopping" if self._stopping.is_set() else "busy" if self._running else "idle"
         info.processed = self.processed
         info.failed = self.failed
 
     async def run(self) -> None:
-        """Take and start tasks until stop() is called."""
+        """Take and start tasks until stop() is called; then hand back the buffered ones."""
         failures = 0
         while not self._stopping.is_set():
-            free = self.capacity - len(self._running)
-            if free <= 0:
-                await self._until(self._slot_freed)
-                self._slot_freed.clear()
+            room = self.capacity + self.prefetch - len(self._running) - len(self._buffer)
+            # Refill once the buffer is down to half; with free slots it is empty anyway.
+            if room <= 0 or len(self._buffer) > self.prefetch // 2:
+                await self._until(self._wake)
+                self._wake.clear()
                 continue
+            asked_at = self._clock.now()
             try:
                 tasks = await self.backend.dequeue(
-                    self.queues, free, worker_id=self.worker_id, lease_seconds=self.lease_seconds
+                    self.queues, room, worker_id=self.worker_id, lease_seconds=self.lease_seconds
                 )
             except BackendUnavailable as exc:
                 failures += 1
@@ -110,13 +123,14 @@ class WorkerPool:
                 await self._until(self._stopping, pause)
                 continue
             failures = 0
-            if self._stopping.is_set():
-                await asyncio.gather(*(self._hand_back(t) for t in tasks))
-                break
             for task in tasks:
-                self._start(task)
+                self._held[task.id] = task.lease_token or ""
+                self._buffer[task.id] = task
+                self._lease_until[task.id] = asked_at + self.lease_seconds
+            self._start_buffered()
             if not tasks:
                 await self._idle()
+        await self._hand_back_buffer()
 
     async def _until(self, event: asyncio.Event, timeout: float | None = None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -130,9 +144,9 @@ class WorkerPool:
         stopper.cancel()
 
     def stop(self) -> None:
-        """Take no new tasks; running ones go on."""
+        """Take and start no new tasks; running ones go on, run() hands back the buffered ones."""
         self._stopping.set()
-        self._slot_freed.set()  # a pool waiting for a free slot hears it too
+        self._wake.set()  # a pool waiting for a free slot hears it too
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for running tasks and their acknowledgements; True if all done."""
@@ -143,6 +157,7 @@ class WorkerPool:
 
     async def abort(self) -> None:
         """Stop every running handler and hand its task back to the queue, unfinished."""
+        await self._hand_back_buffer()  # run() has done so, unless it was cut short
         for task_id in list(self._running):
             self._interrupt(task_id, Interrupt.SHUTDOWN)
         if self._executions:
@@ -153,12 +168,30 @@ class WorkerPool:
         await self.http.aclose()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
-    def apply(self, report: LeaseReport) -> None:
-        """Act on a heartbeat's report: stop tasks whose lease is gone or that were cancelled."""
+    def apply(self, report: LeaseReport, *, renewed_at: float | None = None) -> None:
+        """Act on a heartbeat's report: stop tasks whose lease is gone or that were cancelled.
+
+        A buffered task never starts: one whose lease is lost belongs to someone
+        else now and is dropped; a cancelled one is stored as cancelled. The
+        heartbeat passes `renewed_at`, when it read leases(), so the pool knows
+        how long its buffered tasks stay leased.
+        """
         for task_id in report.lost:
-            self._interrupt(task_id, Interrupt.LEASE_LOST)
+            if self._unbuffer(task_id) is None:
+                self._interrupt(task_id, Interrupt.LEASE_LOST)
+            else:
+                self._held.pop(task_id, None)
+                log.warning("lease lost before the task started: dropped", task_id=task_id)
         for task_id in report.cancel_requested:
-            self._interrupt(task_id, Interrupt.CANCELLED)
+            task = self._unbuffer(task_id)
+            if task is None:
+                self._interrupt(task_id, Interrupt.CANCELLED)
+            else:
+                self._spawn(self._cancel_unstarted(task))
+        if renewed_at is not None:
+            for task_id, until in self._lease_until.items():
+                self._lease_until[task_id] = max(until, renewed_at + self.lease_seconds)
+        self._wake.set()
 
     def _interrupt(self, task_id: str, reason: Interrupt) -> None:
         execution = self._running.get(task_id)
@@ -166,12 +199,33 @@ class WorkerPool:
             self._interrupts[task_id] = reason
             execution.cancel()
 
-    def _start(self, task: Task) -> None:
-        self._held[task.id] = task.lease_token or ""
-        execution = asyncio.create_task(self._execute(task))
-        self._running[task.id] = execution
+    def _unbuffer(self, task_id: str) -> Task | None:
+        self._lease_until.pop(task_id, None)
+        return self._buffer.pop(task_id, None)
+
+    def _start_buffered(self) -> None:
+        """Start buffered tasks, oldest first, while slots are free and the pool is not stopping.
+
+        A task whose lease may have run out (a long pause without heartbeats) is
+        not started: another worker may hold it already. It is handed back; if
+        it was taken over, the backend refuses that and nothing changes.
+        """
+        now = self._clock.now()
+        while self._buffer and len(self._running) < self.capacity and not self._stopping.is_set():
+            task = self._buffer[next(iter(self._buffer))]
+            if self._lease_until[task.id] <= now:
+                log.warning("lease ran out before the task started: handed back", task_id=task.id)
+                self._spawn(self._hand_back(task))
+            else:
+                self._running[task.id] = self._spawn(self._execute(task.began(now)))
+            self._unbuffer(task.id)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `work` as a task that drain() and abort() wait for."""
+        execution = asyncio.create_task(work)
         self._executions.add(execution)
         execution.add_done_callback(self._executions.discard)
+        return execution
 
     async def _execute(self, task: Task) -> None:
         bound = log.bind(
@@ -185,7 +239,8 @@ class WorkerPool:
         finally:
             self._running.pop(task.id, None)
             self._interrupts.pop(task.id, None)  # asked as the handler ended by itself
-            self._slot_freed.set()
+            self._start_buffered()
+            self._wake.set()
             progress.stop()
         if outcome is not None and progress.reported:
             outcome = outcome.with_progress(progress.latest)
@@ -288,8 +343,35 @@ class WorkerPool:
             self._held.pop(outcome.id, None)
 
     async def _hand_back(self, task: Task) -> None:
-        with contextlib.suppress(LeaseLost, BackendUnavailable):
+        """Back to pending, the attempt not counted; a lease already lost is no one's loss."""
+        try:
             await self.backend.finish(task.released(self._clock.now()), task.lease_token or "")
+        except LeaseLost:
+            pass
+        except BackendUnavailable as exc:
+            log.warning(
+                "cannot hand the task back: it runs again once its lease expires",
+                task_id=task.id,
+                error=str(exc),
+            )
+        finally:
+            self._held.pop(task.id, None)
+
+    async def _hand_back_buffer(self) -> None:
+        tasks = list(self._buffer.values())
+        for task in tasks:
+            self._unbuffer(task.id)
+        if tasks:
+            log.info("handing back prefetched tasks", tasks=[task.id for task in tasks])
+        await asyncio.gather(*(self._hand_back(task) for task in tasks))
+
+    async def _cancel_unstarted(self, task: Task) -> None:
+        """Store a buffered task as cancelled; it never ran, so the attempt does not count."""
+        bound = log.bind(task_id=task.id, type=task.type, request_id=task.request_id)
+        now = self._clock.now()
+        outcome = task.released(now).cancelled(now)
+        if await self._acknowledge(outcome, task.lease_token or "", bound):
+            bound.info("task cancelled before it started")
 
     def _count(self, outcome: Task) -> None:
         if outcome.status is TaskStatus.COMPLETED:

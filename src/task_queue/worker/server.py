@@ -62,6 +62,7 @@ class WorkerServer:
             "worker started",
             worker_id=self.info.id,
             concurrency=self.info.concurrency,
+            prefetch=self.pool.prefetch,
             queues=self.info.queues or "all",
             backend=self.backend.name,
         )
