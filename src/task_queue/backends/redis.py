@@ -48,7 +48,7 @@ from task_queue.backends.base import (
     WorkerInfo,
     parse_cursor,
 )
-from task_queue.backends.redis_connect import RedisConnection, connect
+from task_queue.backends.redis_connect import RedisConnection, connect, redacted
 from task_queue.errors import (
     BackendUnavailable,
     IdempotencyConflict,
@@ -227,10 +227,10 @@ class RedisBackend(Backend):
         connection = connect(self.url)
         client = connection.client
         try:
-            await client.ping()
+            await connection.ping()
         except (redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
             await connection.aclose()
-            raise BackendUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise BackendUnavailable(f"cannot reach Redis at {redacted(self.url)}: {exc}") from exc
         self._connection, self._redis = connection, client
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
         # Loaded now, so a broken script fails start-up rather than the first submit;

@@ -20,6 +20,7 @@ command that got one.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -29,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import SlotNotCoveredError
 
@@ -70,9 +71,10 @@ def _bad(url: str, why: str) -> ConfigError:
 
 
 def redacted(url: str) -> str:
-    """The URL with its password replaced, fit for logs and error messages."""
+    """The URL with its passwords replaced, fit for logs and error messages."""
+    url = re.sub(r"(password=)[^&#]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
-    userinfo, at, hosts = rest.partition("@")
+    userinfo, at, hosts = rest.rpartition("@")
     if not sep or not at:
         return url
     user, colon, _ = userinfo.partition(":")
@@ -202,6 +204,21 @@ class RedisConnection:
             )
             _parse_cluster_transactions(self._cluster)
             self.client = cast(aioredis.Redis, self._cluster)
+
+    async def ping(self) -> None:
+        """Reach the server (the primary, the cluster) once; a RedisError if it cannot be.
+
+        redis-py's message for a primary no sentinel names prints each
+        sentinel client with its settings, passwords included: replaced here.
+        """
+        try:
+            await self.client.ping()
+        except MasterNotFoundError:
+            nodes = ",".join(f"{host}:{port}" for host, port in self.address.nodes)
+            service = self.address.service
+            raise MasterNotFoundError(
+                f"no sentinel at {nodes} named a healthy primary for {service!r}"
+            ) from None
 
     async def server_for(self, key: str) -> aioredis.Redis:
         """A client of the one server that holds `key`: on a cluster, the primary of its slot.
