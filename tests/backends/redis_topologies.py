@@ -54,7 +54,7 @@ def _start(*args: str) -> subprocess.Popen[bytes]:
 class RedisCluster:
     """Three primaries sharing the 16384 slots; `url` is a redis+cluster:// URL naming them all."""
 
-    def __init__(self, workdir: Path, size: int = 3) -> None:
+    def __init__(self, workdir: Path, size: int = 3, node_timeout_ms: int = 15_000) -> None:
         self.ports = [free_port() for _ in range(size)]
         self.processes: list[subprocess.Popen[bytes]] = []
         for port in self.ports:
@@ -64,6 +64,7 @@ class RedisCluster:
                     "--cluster-port", str(free_port()),  # not port + 10000, which may be > 65535
                     "--bind", "127.0.0.1",
                     "--cluster-enabled", "yes",
+                    "--cluster-node-timeout", str(node_timeout_ms),
                     "--cluster-config-file", str(workdir / f"nodes-{port}.conf"),
                     "--appendonly", "no",
                     "--save", "",
@@ -95,10 +96,14 @@ class RedisCluster:
         with self._node(port) as node:
             return bool(node.ping())
 
-    def _state_ok(self, port: int) -> bool:
+    def state(self, port: int) -> str:
+        """`ok`, or `fail` once the nodes agree that a slot has no primary."""
         with self._node(port) as node:
             info: dict[str, str] = node.execute_command("CLUSTER INFO")  # parsed by redis-py
-            return info.get("cluster_state") == "ok"
+            return info["cluster_state"]
+
+    def _state_ok(self, port: int) -> bool:
+        return self.state(port) == "ok"
 
     def stop(self) -> None:
         for process in self.processes:

@@ -8,9 +8,11 @@ and wake-ups across cluster nodes, and one prefix living on one node.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -19,7 +21,7 @@ from structlog.testing import capture_logs
 from task_queue._clock import ManualClock
 from task_queue.backends.redis import RedisBackend
 from task_queue.backends.redis_connect import RedisAddress, connect, parse_redis_url, redacted
-from task_queue.errors import ConfigError
+from task_queue.errors import BackendUnavailable, ConfigError
 from task_queue.task import Task, TaskStatus
 from tests.backends.redis_server import RedisServer
 from tests.backends.redis_topologies import RedisCluster, RedisSentinel
@@ -229,3 +231,44 @@ async def test_each_prefix_lives_on_one_cluster_node_and_prefixes_spread_over_al
     assert all(len(ports) == 1 for ports in nodes_of.values())
     # 24 random prefixes all on one of three nodes: about 1 in 10^11.
     assert set().union(*nodes_of.values()) == set(redis_cluster.ports)
+
+
+async def test_cluster_that_lost_a_primary_is_unavailable_to_every_prefix(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Refused connections, then CLUSTERDOWN on the surviving nodes: both are BackendUnavailable
+    (503, a worker's later try), never an error that escapes as a bug."""
+    cluster = RedisCluster(tmp_path, node_timeout_ms=500)
+    backends: dict[int, RedisBackend] = {}
+    try:
+        while len(backends) < 2:  # one prefix on the node to lose, one on a survivor
+            backend = RedisBackend(cluster.url, clock=clock, prefix=f"t-{uuid.uuid4().hex}")
+            await backend.open()
+            port = (await backend._server()).connection_pool.connection_kwargs["port"]
+            if port in cluster.ports[:2] and port not in backends:
+                backends[port] = backend
+            else:
+                await backend.close()
+        lost, survivor = cluster.ports[0], cluster.ports[1]
+        cluster.processes[0].kill()
+        cluster.processes[0].wait()
+
+        with pytest.raises(BackendUnavailable):
+            await backends[lost].enqueue([make(clock)])
+        wait_until(lambda: cluster.state(survivor) == "fail", "the survivors to see CLUSTERDOWN")
+        for backend in backends.values():
+            with pytest.raises(BackendUnavailable):
+                await backend.enqueue([make(clock)])
+            with pytest.raises(BackendUnavailable):
+                await backend.dequeue(["default"], 1, worker_id="w", lease_seconds=LEASE)
+    finally:
+        for backend in backends.values():
+            await backend.close()
+        cluster.stop()
+
+
+def wait_until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)  # polling Redis's own failure detection, not a test's timing

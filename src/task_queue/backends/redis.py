@@ -68,9 +68,15 @@ PURGE_BATCH = 1000
 LIST_CHUNK = 200  # task ids read per round trip while listing with a filter
 CAS_TRIES = 50  # reads-and-recomputes of one transition before giving up on contention
 
-# Redis cannot be reached or cannot take writes (a replica after failover). Script
-# errors are bugs and surface as they are.
-_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError)
+# Redis cannot be reached or cannot take writes (a replica after failover, a cluster
+# that lost a slot's primary). Script errors are bugs and surface as they are.
+_UNREACHABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    redis_errors.ClusterDownError,
+    redis_errors.SlotNotCoveredError,
+)
 
 
 def load_script(name: str) -> str:
@@ -228,7 +234,7 @@ class RedisBackend(Backend):
         client = connection.client
         try:
             await connection.ping()
-        except (redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
+        except redis_errors.RedisError as exc:
             await connection.aclose()
             raise BackendUnavailable(f"cannot reach Redis at {redacted(self.url)}: {exc}") from exc
         self._connection, self._redis = connection, client

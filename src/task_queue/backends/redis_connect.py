@@ -27,12 +27,12 @@ from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import SlotNotCoveredError
 
 from task_queue.errors import ConfigError
 
@@ -146,6 +146,22 @@ def parse_redis_url(url: str) -> RedisAddress:
     )
 
 
+class _Cluster(RedisCluster):
+    """A RedisCluster whose failure to learn the cluster's layout is a ConnectionError.
+
+    redis-py raises a bare RedisClusterException when no startup node answers
+    or the slots are not all covered (a node down, a failover under way): the
+    same outage as a refused connection, and the backend treats it as one.
+    """
+
+    async def initialize(self) -> _Cluster:
+        try:
+            await super().initialize()
+        except redis_errors.RedisClusterException as exc:
+            raise redis_errors.ConnectionError(str(exc)) from exc
+        return self
+
+
 def _no_resend() -> Retry:
     return Retry(NoBackoff(), 0)
 
@@ -194,7 +210,7 @@ class RedisConnection:
             )
             self.client = self._sentinel.master_for(address.service, db=address.db)
         else:
-            self._cluster = RedisCluster(
+            self._cluster = _Cluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
                 decode_responses=True,
                 retry=_no_resend(),
@@ -233,7 +249,7 @@ class RedisConnection:
         await self._cluster.initialize()
         node = self._cluster.get_node_from_key(key)
         if node is None:
-            raise SlotNotCoveredError(f"no cluster node holds the slot of {key}")
+            raise redis_errors.SlotNotCoveredError(f"no cluster node holds the slot of {key}")
         server = self._servers.get(node.name)
         if server is None:
             server = aioredis.Redis(host=node.host, port=int(node.port), **self._node_kwargs)
