@@ -111,10 +111,16 @@ class RedisCluster:
 
 
 class RedisSentinel:
-    """A primary and one sentinel watching it as `mymaster`; `url` is a redis+sentinel:// URL."""
+    """A primary and one sentinel watching it as `mymaster`; `url` is a redis+sentinel:// URL.
 
-    def __init__(self, workdir: Path) -> None:
+    With `replica`, a replica too, so `failover()` can promote it.
+    """
+
+    def __init__(self, workdir: Path, *, replica: bool = False) -> None:
         self.primary = RedisServer(workdir)
+        self.replicas: list[subprocess.Popen[bytes]] = []
+        if replica:
+            self._start_replica(workdir / "replica")
         self.port = free_port()
         config = workdir / "sentinel.conf"  # sentinel rewrites its config: a file of its own
         config.write_text(
@@ -129,6 +135,50 @@ class RedisSentinel:
             self.stop()
             raise
 
+    def _start_replica(self, workdir: Path) -> None:
+        workdir.mkdir()
+        with redis.Redis(port=self.primary.port) as primary:
+            primary.config_set("repl-diskless-sync-delay", 0)  # 5 s by default
+        port = free_port()
+        self.replicas.append(
+            _start(
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--replicaof", "127.0.0.1", str(self.primary.port),
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(workdir),
+            )
+        )  # fmt: skip
+
+        def in_sync() -> bool:
+            with redis.Redis(port=port, decode_responses=True, socket_timeout=1) as node:
+                return node.info("replication").get("master_link_status") == "up"
+
+        _wait(in_sync, "the replica to sync")
+
+    def primary_port(self) -> int:
+        with redis.Redis(port=self.port, decode_responses=True, socket_timeout=1) as sentinel:
+            _, port = sentinel.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+        return int(port)
+
+    def failover(self) -> int:
+        """Promote the replica; its port, once the sentinel names it the primary."""
+        before = self.primary_port()
+
+        def started() -> bool:
+            with redis.Redis(port=self.port, socket_timeout=1) as sentinel:
+                try:
+                    return bool(sentinel.execute_command("SENTINEL FAILOVER", SENTINEL_SERVICE))
+                except redis.ResponseError as exc:
+                    if "NOGOODSLAVE" in str(exc):  # the sentinel has not vetted the replica yet
+                        return False
+                    raise
+
+        _wait(started, "the sentinel to start a failover")
+        _wait(lambda: self.primary_port() != before, "the sentinel to name a new primary")
+        return self.primary_port()
+
     def _knows_primary(self) -> bool:
         with redis.Redis(port=self.port, decode_responses=True, socket_timeout=1) as sentinel:
             # Not sentinel_master(): on a plain client it passes an option its parser refuses.
@@ -137,6 +187,8 @@ class RedisSentinel:
 
     def stop(self) -> None:
         _stop(self.process)
+        for replica in self.replicas:
+            _stop(replica)
         self.primary.stop()
 
 

@@ -8,6 +8,7 @@ and wake-ups across cluster nodes, and one prefix living on one node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import defaultdict
@@ -272,3 +273,47 @@ def wait_until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> N
     while not check():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)  # polling Redis's own failure detection, not a test's timing
+
+
+# Sentinel -----------------------------------------------------------------------------
+
+
+async def test_after_a_sentinel_failover_the_backend_works_on_the_new_primary(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Calls in flight may fail (BackendUnavailable, never resent); the next ones reach
+    the promoted replica, and idle workers are woken again."""
+    sentinel = RedisSentinel(tmp_path, replica=True)
+    worker = RedisBackend(sentinel.url, clock=clock, prefix="failover")
+    submitter = RedisBackend(sentinel.url, clock=clock, prefix="failover")
+    try:
+        await worker.open()
+        await submitter.open()
+        [before] = await submitter.enqueue([make(clock)])
+        await worker.wait_for_work(0)  # subscribes on the old primary
+        promoted = sentinel.failover()
+
+        async def enqueue_once_reachable() -> Task:
+            for _ in range(100):
+                try:
+                    [submitted] = await submitter.enqueue([make(clock)])
+                    return submitted.task
+                except BackendUnavailable:
+                    await asyncio.sleep(0.05)  # the old primary is stepping down
+            raise AssertionError("no submit reached the new primary")
+
+        after = await enqueue_once_reachable()
+        assert (await submitter.ping())["version"]
+        assert sentinel.primary_port() == promoted
+        leased = await worker.dequeue(["default"], 5, worker_id="w", lease_seconds=LEASE)
+        assert {t.id for t in leased} == {before.task.id, after.id}
+        with contextlib.suppress(BackendUnavailable):
+            await worker.wait_for_work(0)  # the old subscription may be gone: subscribes anew
+        waiting = asyncio.create_task(worker.wait_for_work(30))
+        await asyncio.sleep(0)
+        await enqueue_once_reachable()
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        await worker.close()
+        await submitter.close()
+        sentinel.stop()
