@@ -14,9 +14,11 @@ from task_queue.backends.base import Backend
 from task_queue.backends.memory import MemoryBackend
 from task_queue.backends.redis import RedisBackend
 from task_queue.backends.sqlite import SQLiteBackend
-from tests.backends.redis_server import RedisServer, redis_server
+from tests.backends.redis_server import redis_server
+from tests.backends.redis_topologies import redis_cluster, redis_sentinel
 
-__all__ = ["redis_server"]  # a fixture, imported so every test can use it
+# Fixtures, imported so every test can use them.
+__all__ = ["redis_cluster", "redis_sentinel", "redis_server"]
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ async def store(clock: ManualClock) -> AsyncIterator[MemoryBackend]:
     await backend.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"])
 async def backend(
     request: pytest.FixtureRequest, clock: ManualClock, tmp_path: Path
 ) -> AsyncIterator[Backend]:
@@ -44,9 +46,11 @@ async def backend(
     elif request.param == "sqlite":
         store = SQLiteBackend(tmp_path / "task-queue.db", clock=clock)
     else:
-        server: RedisServer = request.getfixturevalue("redis_server")
+        # Each Redis topology is a session fixture with a `url`: server, cluster, sentinel.
+        fixture = "redis_server" if request.param == "redis" else request.param.replace("-", "_")
+        url: str = request.getfixturevalue(fixture).url
         # A fresh key prefix per test: empty, without flushing what other tests hold.
-        store = RedisBackend(server.url, clock=clock, prefix=f"t-{uuid.uuid4().hex}")
+        store = RedisBackend(url, clock=clock, prefix=f"t-{uuid.uuid4().hex}")
     await store.open()
     try:
         yield store

@@ -34,13 +34,10 @@ from contextlib import suppress
 from importlib import resources
 from typing import Any
 
-import hiredis
 import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from task_queue._clock import Clock
@@ -55,6 +52,7 @@ from task_queue.backends.base import (
     WorkerInfo,
     parse_cursor,
 )
+from task_queue.backends.redis_connect import RedisConnection, connect, redacted
 from task_queue.errors import (
     BackendUnavailable,
     IdempotencyConflict,
@@ -87,29 +85,15 @@ PURGE_BATCH = 1000
 LIST_CHUNK = 200  # task ids read per round trip while listing with a filter
 CAS_TRIES = 50  # reads-and-recomputes of one transition before giving up on contention
 
-# Redis cannot be reached or cannot take writes (a replica after failover). Script
-# errors are bugs and surface as they are.
-_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError)
-
-
-class _HiredisPacking:
-    """Packs commands with hiredis's C packer, as redis-py's sync client does.
-
-    redis-py's asyncio connection packs in Python, about a microsecond per
-    argument; a worker's finish of a few tasks has dozens of arguments, so
-    packing cost more than the script took to run in Redis.
-    """
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        name = args[0].encode() if isinstance(args[0], str) else args[0]
-        return [hiredis.pack_command((*name.split(), *args[1:]))]  # "SCRIPT LOAD" is two
-
-
-def pack_with_hiredis(client: aioredis.Redis) -> None:
-    """Make every connection `client` opens from now on pack with hiredis."""
-    pool = client.connection_pool
-    base = pool.connection_class
-    pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+# Redis cannot be reached or cannot take writes (a replica after failover, a cluster
+# that lost a slot's primary). Script errors are bugs and surface as they are.
+_UNREACHABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    redis_errors.ClusterDownError,
+    redis_errors.SlotNotCoveredError,
+)
 
 
 def load_script(name: str) -> str:
@@ -192,8 +176,14 @@ class _Batcher:
         backend = self._backend
         pipe = backend._client.pipeline(transaction=False)
         for name, args in calls:
-            pipe.evalsha(backend._scripts[name].sha, 1, backend._counts, backend._p, *args)
+            # Not pipe.evalsha: redis-py blocks it on cluster pipelines, yet routes the
+            # command itself by its one key.
+            sha = backend._scripts[name].sha
+            pipe.execute_command("EVALSHA", sha, 1, backend._counts, backend._p, *args)
         answers: list[Any] = await pipe.execute(raise_on_error=False)
+        # A cluster pipeline answers a lost connection per call instead of raising it.
+        if lost := next((a for a in answers if isinstance(a, _UNREACHABLE)), None):
+            raise lost
         missing = [i for i, a in enumerate(answers) if isinstance(a, redis_errors.NoScriptError)]
         if missing:
             for name in {calls[i][0] for i in missing}:
@@ -218,6 +208,7 @@ class RedisBackend(Backend):
         self._p = f"{{{prefix}}}:"
         self._counts = f"{self._p}counts"
         self._redis: aioredis.Redis | None = None
+        self._connection: RedisConnection | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._pubsub: PubSub | None = None
         self._batcher = _Batcher(self)
@@ -273,18 +264,15 @@ class RedisBackend(Backend):
     async def open(self) -> None:
         if self._redis is not None:
             return
-        # Never resend a command by itself: a script may have run before the connection
-        # broke, and running an enqueue twice would store a task twice. Callers decide.
-        client = aioredis.Redis.from_url(
-            self.url, decode_responses=True, retry=Retry(NoBackoff(), 0)
-        )
-        pack_with_hiredis(client)
+        # Never resends a command by itself (see redis_connect): callers decide.
+        connection = connect(self.url)
+        client = connection.client
         try:
-            await client.ping()
+            await connection.ping()
         except redis_errors.RedisError as exc:
-            await client.aclose()
-            raise BackendUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
-        self._redis = client
+            await connection.aclose()
+            raise BackendUnavailable(f"cannot reach Redis at {redacted(self.url)}: {exc}") from exc
+        self._connection, self._redis = connection, client
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
         # Loaded now, so a broken script fails start-up rather than the first submit;
         # after a SCRIPT FLUSH or a Redis restart redis-py loads them again on NOSCRIPT.
@@ -299,10 +287,11 @@ class RedisBackend(Backend):
         without AOF a restart loses the queue. Managed Redis may refuse CONFIG:
         then nothing can be checked and nothing is said.
         """
+        server = await self._server()
         try:
             config: dict[str, str] = {}
             for name in ("maxmemory-policy", "appendonly"):
-                config |= await self._guard(functools.partial(self._client.config_get, name))
+                config |= await self._guard(functools.partial(server.config_get, name))
         except redis_errors.ResponseError:
             return
         policy = config.get("maxmemory-policy", "noeviction")
@@ -311,17 +300,27 @@ class RedisBackend(Backend):
         if config.get("appendonly") != "yes":
             log.warning("redis persistence (appendonly) is off: a restart loses the queue")
 
+    async def _server(self) -> aioredis.Redis:
+        """The one server holding this prefix, for commands without keys (CONFIG, INFO)."""
+        if self._connection is None:
+            raise BackendUnavailable(f"Redis backend {self.url} is not open")
+        server: aioredis.Redis = await self._guard(
+            functools.partial(self._connection.server_for, self._counts)
+        )
+        return server
+
     async def close(self) -> None:
         if self._pubsub is not None:
             with suppress(redis_errors.RedisError):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             self._pubsub = None
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        if self._connection is not None:
+            await self._connection.aclose()
+            self._connection = self._redis = None
 
     async def ping(self) -> dict[str, Any]:
-        info: dict[str, Any] = await self._guard(lambda: self._client.info("server"))
+        server = await self._server()
+        info: dict[str, Any] = await self._guard(lambda: server.info("server"))
         return {"type": self.name, "prefix": self.prefix, "version": info.get("redis_version")}
 
     # -- writes ---------------------------------------------------------------------
@@ -503,17 +502,26 @@ class RedisBackend(Backend):
         once. The wait is cut short when a delayed task falls due before then.
         """
         if self._pubsub is None:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            await self._guard(lambda: pubsub.subscribe(f"{self._p}wake"))
-            self._pubsub = pubsub
+            if self._connection is None:
+                raise BackendUnavailable(f"Redis backend {self.url} is not open")
+            subscribe = functools.partial(self._connection.subscribe, f"{self._p}wake")
+            subscribed: PubSub = await self._guard(subscribe)
+            self._pubsub = subscribed
         key = f"{self._p}delayed"
         due = await self._guard(lambda: self._client.zrange(key, 0, 0, withscores=True))
         if due:
             timeout = max(0.0, min(timeout, float(due[0][1]) - self.clock.now()))
         pubsub = self._pubsub
-        message = await self._guard(lambda: pubsub.get_message(timeout=timeout))
-        while message is not None:  # drain wake-ups that piled up: one dequeue serves them
-            message = await self._guard(lambda: pubsub.get_message(timeout=0.0))
+        try:
+            message = await self._guard(lambda: pubsub.get_message(timeout=timeout))
+            while message is not None:  # drain wake-ups that piled up: one dequeue serves them
+                message = await self._guard(lambda: pubsub.get_message(timeout=0.0))
+        except BackendUnavailable:
+            # Subscribe anew next time: on a cluster the slot may have moved to another primary.
+            self._pubsub = None
+            with suppress(redis_errors.RedisError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
 
     async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
         """Newest first by submit sequence; the cursor is the sequence of the last task given.
