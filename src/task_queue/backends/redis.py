@@ -355,18 +355,15 @@ class RedisBackend(Backend):
         now = self.clock.now()
         names = list(dict.fromkeys(queues))  # a name twice would pop a stale head
         tokens = [new_lease_token() for _ in range(limit)]
-        answer = await self._script(
-            "dequeue",
-            repr(now),
-            repr(now + lease_seconds),
-            worker_id,
-            limit,
-            new_lease_token(),
-            len(names),
-            *names,
-            *tokens,
-        )
-        return [codec.decode(codec.pairs(flat)) for flat in answer]
+        at, expires = repr(now), repr(now + lease_seconds)
+        # Through the batcher: the finishes that freed these slots go in the same write.
+        head = [at, expires, worker_id, limit, new_lease_token(), len(names), *names]
+        answer = await self._batcher.call("dequeue", [*head, *tokens])
+        lease = {"s": "running", "x": expires, "w": worker_id, "n": at, "u": at}
+        return [
+            codec.decode({**lease, "l": token, **codec.present(found)})
+            for token, found in zip(tokens, answer, strict=False)
+        ]
 
     async def finish(self, task: Task, token: str) -> None:
         """finish.lua (token check + `Task.settled_over`), in one call with the other

@@ -62,10 +62,10 @@ def decode(raw: Mapping[str, str]) -> Task:
     if raw.get("c") == "1":  # asked while running; a whole write carries it in d
         values["cancel_requested"] = True
     updated = raw.get("u")
-    if updated is not None:
+    if updated:
         values["updated_at"] = float(updated)
     token = raw.get("l")
-    if token is not None:  # running: d holds the task before this lease (Task.leased)
+    if token:  # running: d holds the task before this lease (Task.leased)
         values["lease_token"] = token
         values["lease_expires_at"] = float(raw["x"])
         values["worker_id"] = raw["w"]
@@ -115,6 +115,11 @@ def store_args(task: Task, rev: str, new_rev: str, limit: str) -> list[str | byt
     flag = "1" if task.cancel_requested else ""
     progress = json_or_empty(task.progress)
     return [task.id, rev, new_rev, limit, *_placed(task), flag, progress, repr(task.updated_at)]
+
+
+def present(values: Sequence[str | None]) -> dict[str, str]:
+    """dequeue.lua's HMGET of d, p and c, without the fields that are absent."""
+    return {name: value for name, value in zip("dpc", values, strict=True) if value is not None}
 
 
 def pairs(flat: Sequence[str]) -> dict[str, str]:

@@ -5,8 +5,8 @@
 -- number of queue names, [8 .. 7+n] the names (distinct), then `limit` fresh
 -- lease tokens. The lease is the small fields l, x, w, n (see lib.lua); the
 -- reader turns them into Task.leased()'s running task with one more attempt.
--- Returns one HGETALL array per leased task, in dequeue order.
--- Cost: one call for the whole batch; per task taken an HSET and an HGETALL,
+-- Returns {d, p, c} of each leased task, in dequeue order (the caller knows the
+-- lease fields it sent). Cost: one call for the whole batch; per task an HSET and an HMGET,
 -- plus ZPOPMIN (one per batch when one queue is named, else one per task and a
 -- compare over the named queues' heads); promotion first is bounded to 1000.
 local now, expires, worker = ARGV[2], ARGV[3], ARGV[4]
@@ -55,7 +55,7 @@ for i, entry in ipairs(popped) do
   local key, token = task_key(id), ARGV[7 + nq + i]
   redis.call('HSET', key, 's', 'running', 'l', token, 'x', expires, 'w', worker, 'n', now,
     'u', now, 'rev', token)
-  taken[i] = redis.call('HGETALL', key)
+  taken[i] = redis.call('HMGET', key, 'd', 'p', 'c')
   leased[#leased + 1] = expires
   leased[#leased + 1] = id
 end

@@ -24,8 +24,8 @@ for at = 2, #ARGV, W do
       from = at + 6
     end
     local status, rank, score = ARGV[from], ARGV[from + 1], ARGV[from + 2]
-    redis.call('HSET', key, 'd', ARGV[from + 3], 's', status, 'r', rank, 'rev', token .. '.')
-    redis.call('HDEL', key, 'l', 'x', 'w', 'n', 'u', 'c')
+    redis.call('HSET', key, 'd', ARGV[from + 3], 's', status, 'r', rank, 'rev', token .. '.',
+      'l', '', 'u', '', 'c', '')
     if ARGV[at + 10] ~= '' then
       redis.call('HSET', key, 'p', ARGV[at + 10])
     end

@@ -13,12 +13,13 @@
 --     q, r, seq        queue, rank and submit sequence, to build the ready member
 --     rev  compare-and-set stamp: replaced by every write that a read-compute-write
 --          in Python could race with (dequeue, finish, promote, store)
---     u    updated_at, when changed since d was written
+--     u    updated_at, when changed since d was written ('' = d's holds)
 --     p    progress JSON (kept across attempts; only a whole write with another
 --          value, or a requeue, replaces it)
 --     c    '1' when a cancel was asked while the task runs (d has the flag after that)
 --     h    request hash, when the task has an idempotency key
---     while running (set by dequeue, removed by the next whole write):
+--     while running (set by dequeue; the next whole write empties l, which ends
+--     the lease, u and c in the same HSET rather than deleting them):
 --     l lease token, x lease expiry, w worker id, n started_at; the attempt is
 --     counted by the reader (d holds attempts before this lease)
 --   P..ready:<queue>   zset    pending tasks; every score 0, so members sort by

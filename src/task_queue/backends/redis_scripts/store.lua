@@ -29,8 +29,8 @@ if ARGV[5] ~= '' and (status == 'pending' or DELAYED[status]) and not was_waitin
   end
 end
 unindex(id, old, cur[3], cur[4], cur[5])
-redis.call('HSET', key, 'd', ARGV[9], 's', status, 'r', ARGV[7], 'rev', ARGV[4])
-redis.call('HDEL', key, 'l', 'x', 'w', 'n', 'u', 'c')
+redis.call('HSET', key, 'd', ARGV[9], 's', status, 'r', ARGV[7], 'rev', ARGV[4],
+  'l', '', 'u', '', 'c', '')
 if ARGV[11] == '' then
   redis.call('HDEL', key, 'p')
 else
