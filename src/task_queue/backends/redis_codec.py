@@ -90,7 +90,12 @@ def enqueue_args(task: Task) -> list[str | bytes]:
 
 
 def _placed(task: Task) -> list[str | bytes]:
-    return [task.status.value, ready_rank(task.priority, task.run_at), score(task), document(task)]
+    """Status, rank, score and document: what a script needs to index a whole write.
+
+    A final task never enters a ready set again without a new write, so it needs no rank.
+    """
+    rank = "" if task.status.is_final else ready_rank(task.priority, task.run_at)
+    return [task.status.value, rank, score(task), document(task)]
 
 
 # A stored task as settled_over sees it when a cancel was asked and no progress is held.
