@@ -41,10 +41,9 @@ def test_cli_override_beats_the_environment() -> None:
     assert settings.port == 9100
 
 
-def test_prefetch_defaults_to_worker_count_and_may_be_zero() -> None:
-    assert Settings.load(environ={"WORKER_COUNT": "7"}).prefetch == 7
-    assert Settings.load(environ={"WORKER_COUNT": "7", "WORKER_PREFETCH": ""}).prefetch == 7
-    assert Settings.load(environ={"WORKER_COUNT": "7", "WORKER_PREFETCH": "0"}).prefetch == 0
+def test_prefetch_is_off_unless_asked_for() -> None:
+    assert Settings.load(environ={}).worker_prefetch == 0
+    assert Settings.load(environ={"WORKER_PREFETCH": "12"}).worker_prefetch == 12
 
 
 def test_empty_log_file_disables_the_file_log() -> None:

@@ -33,7 +33,7 @@ class Settings(BaseModel):
     port: int = Field(8080, ge=1, le=65535)
     host: str = "0.0.0.0"
     worker_count: int = Field(5, ge=1, le=10_000)
-    worker_prefetch: int | None = Field(None, ge=0, le=10_000)
+    worker_prefetch: int = Field(0, ge=0, le=10_000)
     http_workers: int = Field(1, ge=1, le=64)
     queue_size: int = Field(1000, ge=1)
     queue_backend: Literal["memory", "sqlite", "redis"] | None = None
@@ -70,7 +70,7 @@ class Settings(BaseModel):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("queue_backend", "log_file", "worker_prefetch", mode="before")
+    @field_validator("queue_backend", "log_file", mode="before")
     @classmethod
     def _empty_is_default(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -81,11 +81,6 @@ class Settings(BaseModel):
         if self.queue_backend:
             return self.queue_backend
         return "redis" if self.redis_url else "sqlite"
-
-    @property
-    def prefetch(self) -> int:
-        """WORKER_PREFETCH, else WORKER_COUNT: every slot has its next task at hand."""
-        return self.worker_count if self.worker_prefetch is None else self.worker_prefetch
 
     @property
     def database_path(self) -> Path:

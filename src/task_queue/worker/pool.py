@@ -71,7 +71,7 @@ class WorkerPool:
         self.worker_id = worker_id
         self.queues = list(queues)
         self.capacity = settings.worker_count
-        self.prefetch = settings.prefetch
+        self.prefetch = settings.worker_prefetch
         self.lease_seconds = settings.lease_seconds
         self.processed = 0
         self.failed = 0
