@@ -440,3 +440,51 @@ def test_redis_paused_for_three_seconds_under_load_recovers_by_itself(
             assert len(load.submitter.acknowledged) <= during + 1
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
+
+
+# 7. Redis gone for a while -----------------------------------------------------------
+
+
+def test_redis_down_gives_503s_and_workers_wait_for_it_without_crashing(
+    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = settings(redis_server)
+    api = launch.start("api", **env)
+    worker = launch.start("worker", **env)
+    record = tmp_path / "record.txt"
+    body = {"type": "record", "payload": {"path": str(record)}}
+    redis_server.process.kill()
+    redis_server.process.wait(5)
+
+    health = api.http.get("/api/v1/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "unhealthy"
+    refused = api.http.post("/api/v1/tasks", json=body)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"]
+    error = refused.json()["error"]
+    assert error["code"] == "backend_unavailable"
+    assert "Redis" in error["message"]
+
+    # The worker stays up and retries with growing pauses, capped (pool.py).
+    def retried_a_few_times() -> bool:
+        return len(worker.logs("backend unavailable, will retry")) >= 4
+
+    wait_for(retried_a_few_times, 30, "the worker to retry the connection")
+    pauses = [line["retry_in"] for line in worker.logs("backend unavailable, will retry")]
+    assert pauses == sorted(pauses)
+    assert max(pauses) <= 10.0
+    assert worker.popen.poll() is None, worker.stderr()
+
+    redis_server.process = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(redis_server.port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: _answers_ping(redis_server.port), START_TIMEOUT, "redis to restart")
+    wait_for(lambda: api.http.get("/api/v1/health").status_code == 200, 15, "health again")
+    task_id = api.submit("record", {"path": str(record)})["id"]
+    assert api.wait_final(task_id, seconds=30)["status"] == "completed"
+    assert [ran for ran, _ in record_lines(record)] == [task_id]
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit(15) == 0, worker.stderr()
