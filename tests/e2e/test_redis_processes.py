@@ -126,7 +126,7 @@ def one_task_running(
 def test_two_apis_and_three_workers_complete_every_task_exactly_once(
     launch: Launcher, redis_server: RedisServer, tmp_path: Path, count: int
 ) -> None:
-    env = settings(redis_server, WORKER_COUNT=8, LEASE_SECONDS=10)
+    env = settings(redis_server, WORKER_COUNT=8, LEASE_SECONDS=10, QUEUE_SIZE=count)
     apis = [launch.start("api", **env) for _ in range(2)]
     workers = [launch.start("worker", **env) for _ in range(3)]
     record = tmp_path / "record.txt"
