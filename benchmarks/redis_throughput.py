@@ -1,6 +1,7 @@
 """Redis backend throughput: submits through the Python API, and drain by worker processes.
 
     .venv/bin/python benchmarks/redis_throughput.py [--tasks 20000] [--workers 1,2]
+        [--worker-count 10] [--prefetch 0]
 
 Starts a throwaway `redis-server --save "" --appendonly no` on a free port
 (never the shared 6379) and measures, each on an empty prefix:
@@ -8,7 +9,8 @@ Starts a throwaway `redis-server --save "" --appendonly no` on a free port
 1. single submits: 50 coroutines of one AsyncClient, one task per call;
 2. batched submits: calls of 500 tasks, one after the other;
 3. drain: `--tasks` no-op tasks queued first, then N `task-queue worker`
-   processes (WORKER_COUNT 10, LOG_LEVEL warning) run them. As for the peers
+   processes (WORKER_COUNT and WORKER_PREFETCH from the flags, LOG_LEVEL
+   warning) run them. As for the peers
    (benchmarks/peers), the rate runs from the first completion to the last,
    so process start-up is left out; the processed counter is polled every 5 ms.
 """
@@ -86,7 +88,7 @@ async def submit_rate(url: str, prefix: str, tasks: int, *, batched: bool) -> fl
     return tasks / elapsed
 
 
-async def drain_rate(url: str, tasks: int, workers: int) -> float:
+async def drain_rate(url: str, tasks: int, workers: int, args: argparse.Namespace) -> float:
     redis.Redis.from_url(url).flushall()  # workers use the default prefix
     backend = RedisBackend(url, max_waiting=tasks)
     await backend.open()
@@ -99,7 +101,8 @@ async def drain_rate(url: str, tasks: int, workers: int) -> float:
         "REDIS_URL": url,
         "QUEUE_BACKEND": "redis",
         "TASK_MODULES": "benchmarks.noop_tasks",
-        "WORKER_COUNT": "10",
+        "WORKER_COUNT": str(args.worker_count),
+        "WORKER_PREFETCH": str(args.prefetch),
         "QUEUE_SIZE": str(tasks),
         "LOG_LEVEL": "warning",
         "LOG_FILE": "",
@@ -135,6 +138,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--workers", default="1,2", help="worker process counts to drain with")
+    parser.add_argument("--worker-count", type=int, default=10, help="WORKER_COUNT per process")
+    parser.add_argument("--prefetch", type=int, default=0, help="WORKER_PREFETCH per process")
     args = parser.parse_args()
     configure("warning", "console", None)
     server, url = start_redis()
@@ -145,8 +150,9 @@ async def main() -> None:
         batched = await submit_rate(url, "batched", args.tasks, batched=True)
         rows.append((f"batched submits, {BATCH} per call", batched))
         for count in (int(n) for n in args.workers.split(",")):
-            rate = await drain_rate(url, args.tasks, count)
-            rows.append((f"drain, {count} worker process(es), WORKER_COUNT 10", rate))
+            rate = await drain_rate(url, args.tasks, count, args)
+            config = f"WORKER_COUNT {args.worker_count}, WORKER_PREFETCH {args.prefetch}"
+            rows.append((f"drain, {count} worker process(es), {config}", rate))
     finally:
         server.terminate()
         server.wait()
