@@ -1,4 +1,4 @@
-"""RQ: one `rq worker` (the default Worker forks a child per job).
+"""RQ: one `rq worker` per worker process (the default Worker forks a child per job).
 
 `rq worker -w rq.worker.SimpleWorker` runs jobs in-process and is much faster, but
 the forking worker is RQ's default and documented mode, so that is what is timed.
@@ -6,13 +6,17 @@ the forking worker is RQ's default and documented mode, so that is what is timed
 
 from __future__ import annotations
 
-from _common import REDIS_URL, incr, run_peer, timed
+from _common import REDIS_URL, incr, paced, record, run_peer, timed
 from redis import Redis
 from rq import Queue
 
 
 def noop() -> None:
     incr()
+
+
+def stamp(submitted: float) -> None:
+    record(submitted)
 
 
 if __name__ == "__main__":
@@ -22,5 +26,6 @@ if __name__ == "__main__":
         "rq",
         lambda n: timed(lambda: queue.enqueue("rq_bench.noop"), n),
         ["rq", "worker", "--url", REDIS_URL, "--quiet", "bench"],
-        "1 worker, forking per job (SimpleWorker not used)",
+        "forking per job (SimpleWorker not used)",
+        lambda n, rate: paced(lambda t: queue.enqueue("rq_bench.stamp", t), n, rate),
     )

@@ -1,4 +1,4 @@
-"""SAQ: `saq --workers 1` with concurrency 10 (its default)."""
+"""SAQ: `saq --workers 1` with concurrency 10 (its default) per worker process."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from _common import REDIS_URL, aincr, run_peer
+from _common import REDIS_URL, aincr, apaced, arecord, run_peer
 from saq import Queue
 
 queue = Queue.from_url(REDIS_URL)
@@ -16,7 +16,11 @@ async def noop(ctx: dict[str, Any]) -> None:
     await aincr()
 
 
-settings = {"queue": queue, "functions": [noop], "concurrency": 10}
+async def stamp(ctx: dict[str, Any], *, submitted: float) -> None:
+    await arecord(submitted)
+
+
+settings = {"queue": queue, "functions": [noop, stamp], "concurrency": 10}
 
 
 async def enqueue_all(n: int) -> float:
@@ -29,11 +33,18 @@ async def enqueue_all(n: int) -> float:
     return elapsed
 
 
+async def submit_paced(n: int, rate: float) -> None:
+    await queue.connect()
+    await apaced(lambda t: queue.enqueue("stamp", submitted=t), n, rate)
+    await queue.disconnect()
+
+
 if __name__ == "__main__":
     run_peer(
         "saq",
         "saq",
         lambda n: asyncio.run(enqueue_all(n)),
         ["saq", "saq_bench.settings", "--workers", "1"],
-        "1 process, concurrency 10",
+        "--workers 1, concurrency 10",
+        lambda n, rate: asyncio.run(submit_paced(n, rate)),
     )

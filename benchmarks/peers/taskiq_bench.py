@@ -1,11 +1,14 @@
-"""Taskiq: `taskiq worker --workers 1` on taskiq-redis's ListQueueBroker, no result backend."""
+"""Taskiq: `taskiq worker --workers 1` per worker on taskiq-redis's ListQueueBroker.
+
+No result backend; ListQueueBroker waits on BRPOP, so an idle worker does not poll.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from _common import REDIS_URL, aincr, run_peer
+from _common import REDIS_URL, aincr, apaced, arecord, run_peer
 from taskiq_redis import ListQueueBroker
 
 broker = ListQueueBroker(REDIS_URL)
@@ -14,6 +17,11 @@ broker = ListQueueBroker(REDIS_URL)
 @broker.task(task_name="noop")  # else the name depends on how the module was run
 async def noop() -> None:
     await aincr()
+
+
+@broker.task(task_name="stamp")
+async def stamp(submitted: float) -> None:
+    await arecord(submitted)
 
 
 async def enqueue_all(n: int) -> float:
@@ -26,11 +34,18 @@ async def enqueue_all(n: int) -> float:
     return elapsed
 
 
+async def submit_paced(n: int, rate: float) -> None:
+    await broker.startup()
+    await apaced(stamp.kiq, n, rate)
+    await broker.shutdown()
+
+
 if __name__ == "__main__":
     run_peer(
         "taskiq",
         "taskiq",
         lambda n: asyncio.run(enqueue_all(n)),
         ["taskiq", "worker", "taskiq_bench:broker", "--workers", "1"],
-        "1 process, ListQueueBroker, default max async tasks",
+        "--workers 1, ListQueueBroker, default max async tasks",
+        lambda n, rate: asyncio.run(submit_paced(n, rate)),
     )

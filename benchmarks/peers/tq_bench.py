@@ -1,0 +1,72 @@
+"""task-queue: `task-queue worker` processes on QUEUE_BACKEND=redis, WORKER_COUNT=10.
+
+Run with the project venv's python (run.py does): the producer submits through
+AsyncClient straight to Redis, one task per call, like the peers' producers; the
+jobs run only in the separate `task-queue worker` processes. Idle workers wait on
+the backend's wake-up (pub/sub), not on a polling sleep. LOG_LEVEL=warning, as the
+peers run with their logging turned down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+
+import tq_tasks  # noqa: F401  (registers peer_noop and peer_stamp for the client)
+from _common import REDIS_URL, apaced, run_peer
+
+from task_queue.client import AsyncClient
+from task_queue.config import Settings
+
+QUEUE_SIZE = 100_000_000
+WORKER_COUNT = 10
+
+
+def settings() -> Settings:
+    return Settings.load(
+        overrides={
+            "queue_backend": "redis",
+            "redis_url": REDIS_URL,
+            "queue_size": QUEUE_SIZE,
+            "log_file": "",
+        }
+    )
+
+
+async def enqueue_all(n: int) -> float:
+    client = await AsyncClient.connect(settings())
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await client.submit("peer_noop")
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    return elapsed
+
+
+async def submit_paced(n: int, rate: float) -> None:
+    client = await AsyncClient.connect(settings())
+    await apaced(lambda t: client.submit("peer_stamp", {"t": t}), n, rate)
+    await client.close()
+
+
+if __name__ == "__main__":
+    scratch = tempfile.mkdtemp(prefix="peer-tq-")
+    run_peer(
+        "task-queue",
+        "task-queue",
+        lambda n: asyncio.run(enqueue_all(n)),
+        ["task-queue", "worker"],
+        f"`task-queue worker`, WORKER_COUNT={WORKER_COUNT}, LOG_LEVEL=warning",
+        lambda n, rate: asyncio.run(submit_paced(n, rate)),
+        worker_env={
+            "QUEUE_BACKEND": "redis",
+            "REDIS_URL": REDIS_URL,
+            "QUEUE_SIZE": str(QUEUE_SIZE),
+            "WORKER_COUNT": str(WORKER_COUNT),
+            "LOG_LEVEL": "warning",
+            "LOG_FILE": "",
+            "DATA_DIR": scratch,
+            "TASK_MODULES": "tq_tasks",
+        },
+    )
