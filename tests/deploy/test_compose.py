@@ -69,8 +69,9 @@ def test_two_apis_and_two_workers_share_redis_once_it_is_healthy(
     for name in APP_SERVICES:
         assert services[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
         assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
-    assert services["api1"]["ports"] == ["8080:8080"]
-    assert services["api2"]["ports"] == ["8081:8080"]
+    # Direct ports on loopback only: outside clients come through nginx.
+    assert services["api1"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert services["api2"]["ports"] == ["127.0.0.1:8081:8080"]
 
 
 def test_redis_keeps_an_append_only_file_on_a_volume(services: dict[str, Any]) -> None:
