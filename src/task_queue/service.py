@@ -140,7 +140,7 @@ async def run(
     )
     backend = await open_backend(settings)
     counted = metrics.Metrics()
-    jobs: list[Coroutine[Any, Any, object]] = []
+    jobs: list[Coroutine[Any, Any, object]] = [counted.publish_until(stop)]
     if parent is not None:
         jobs.append(_stop_when_orphaned(parent, stop))
     try:
@@ -156,6 +156,7 @@ async def run(
             jobs.append(_serve_http(app, client, sock, settings, stop, force))
         await asyncio.gather(*jobs)
     finally:
+        counted.publish()  # what the drain counted, before a sibling's last scrape
         await backend.close()
     return EXIT_FORCED if force.is_set() else EXIT_OK
 

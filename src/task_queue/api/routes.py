@@ -107,7 +107,7 @@ def _log_submitted(request: Request, outcome: list[Submitted]) -> None:
     for item in outcome:
         task = item.task
         if item.created:
-            metrics.tasks_submitted.labels(task.type, task.queue).inc()
+            metrics.submitted(task.type, task.queue)
             log.info(
                 "task submitted",
                 task_id=task.id,

@@ -386,12 +386,12 @@ class WorkerPool:
         """Count a run whose handler ended by itself; cancelled or handed back ones are not."""
         counts = self.metrics.for_task(outcome.type, outcome.queue)
         if outcome.status is TaskStatus.COMPLETED:
-            counts.completed.inc()
+            counts.completed.count += 1
         elif outcome.status is TaskStatus.RETRYING:
-            counts.retried.inc()
+            counts.retried.count += 1
             self.failed += 1
         elif outcome.status is TaskStatus.FAILED:
-            counts.failed.inc()
+            counts.failed.count += 1
             self.failed += 1
         else:
             return
