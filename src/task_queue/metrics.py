@@ -31,7 +31,6 @@ import tempfile
 from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from task_queue.errors import BackendUnavailable
@@ -60,7 +59,7 @@ HTTP_BUCKETS = (
 
 
 @contextmanager
-def multiprocess_dir() -> Iterator[Path]:
+def multiprocess_dir() -> Iterator[None]:
     """PROMETHEUS_MULTIPROC_DIR for this run and the processes it forks.
 
     A directory the operator set is used as it is (they wipe it between runs,
@@ -70,13 +69,13 @@ def multiprocess_dir() -> Iterator[Path]:
     """
     given = os.environ.get(MULTIPROC_ENV)
     if given:
-        yield Path(given)
+        yield
         return
-    made = Path(tempfile.mkdtemp(prefix="task-queue-metrics-"))
-    os.environ[MULTIPROC_ENV] = str(made)
+    made = tempfile.mkdtemp(prefix="task-queue-metrics-")
+    os.environ[MULTIPROC_ENV] = made
     creator = os.getpid()
     try:
-        yield made
+        yield
     finally:
         # A forked copy leaves through here too, while its siblings still count.
         if os.getpid() == creator:

@@ -192,11 +192,12 @@ def test_a_lone_worker_serves_its_counters_on_metrics_port(launch: Launcher) -> 
     task_id = api.submit("sleep", {"seconds": 0})["id"]
     api.wait_final(task_id)
 
+    sleep = {"type": "sleep", "queue": "default"}
+
     def counted() -> Samples | None:
         samples = scrape(f"http://127.0.0.1:{metrics_port}")
         return samples if value(samples, "task_queue_tasks_completed_total", **sleep) else None
 
-    sleep = {"type": "sleep", "queue": "default"}
     from_worker = wait_for(counted, 10, "the worker to count the task")
     from_api = scrape(api.url)
 
@@ -296,3 +297,27 @@ def test_a_hung_redis_fails_health_within_its_timeout_and_metrics_still_answer(
     assert time.monotonic() - started < HEALTH_TIMEOUT_SECONDS + SLACK_SECONDS
     assert value(samples, "task_queue_backend_up") == 0
     assert ("task_queue_queue_depth", frozenset({("status", "pending")})) not in samples
+
+
+def test_api_and_worker_given_one_multiproc_dir_share_one_scrape(
+    launch: Launcher, tmp_path: Path
+) -> None:
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    api = launch.start("api", PROMETHEUS_MULTIPROC_DIR=shared)
+    launch.start("worker", PROMETHEUS_MULTIPROC_DIR=shared)
+    task_id = api.submit("sleep", {"seconds": 0})["id"]
+    api.wait_final(task_id)
+
+    sleep = {"type": "sleep", "queue": "default"}
+
+    def counted() -> Samples | None:
+        samples = scrape(api.url)
+        return samples if value(samples, "task_queue_tasks_completed_total", **sleep) else None
+
+    samples = wait_for(counted, 10, "the api to see the worker's count")
+
+    assert value(samples, "task_queue_tasks_completed_total", **sleep) == 1
+    assert value(samples, "task_queue_tasks_submitted_total", **sleep) == 1
+    launch.stop_all()
+    assert list(shared.iterdir()), "a directory the operator gave is theirs: left in place"
