@@ -30,7 +30,6 @@ import shutil
 import tempfile
 from bisect import bisect_left
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from task_queue.errors import BackendUnavailable
@@ -58,7 +57,7 @@ HTTP_BUCKETS = (
 )  # fmt: skip
 
 
-@contextmanager
+@contextlib.contextmanager
 def multiprocess_dir() -> Iterator[None]:
     """PROMETHEUS_MULTIPROC_DIR for this run and the processes it forks.
 
@@ -156,11 +155,10 @@ class Metrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
-        self.multiprocess = MULTIPROC_ENV in os.environ
         # Multiprocess values are read back from the files at scrape time, so
         # the families are registered nowhere; alone, this registry holds them.
         self.registry: CollectorRegistry | None = (
-            None if self.multiprocess else CollectorRegistry(auto_describe=True)
+            None if MULTIPROC_ENV in os.environ else CollectorRegistry(auto_describe=True)
         )
         task_labels = ("type", "queue")
         self.tasks_submitted: Counter = Counter(
