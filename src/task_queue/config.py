@@ -35,6 +35,7 @@ class Settings(BaseModel):
     worker_count: int = Field(5, ge=1, le=10_000)
     worker_prefetch: int = Field(0, ge=0, le=10_000)
     http_workers: int = Field(1, ge=1, le=64)
+    metrics_port: int = Field(0, ge=0, le=65535)
     queue_size: int = Field(1000, ge=1)
     queue_backend: Literal["memory", "sqlite", "redis"] | None = None
     redis_url: str = ""

@@ -19,8 +19,8 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from task_queue import backends
-from task_queue.api.app import create_app
+from task_queue import backends, metrics
+from task_queue.api.app import create_app, create_metrics_app
 from task_queue.backends.base import Backend
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
@@ -44,18 +44,18 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-def listen(settings: Settings) -> socket.socket:
+def listen(settings: Settings, port: int | None = None, variable: str = "PORT") -> socket.socket:
     """Bind before anything starts, so a taken port is a clear start-up error."""
+    port = settings.port if port is None else port
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock.bind((settings.host, port))
     except OSError as exc:
         sock.close()
         raise ConfigError(
-            f"PORT={settings.port}: cannot listen on {settings.host}:{settings.port} "
-            f"({exc.strerror})"
+            f"{variable}={port}: cannot listen on {settings.host}:{port} ({exc.strerror})"
         ) from None
     sock.listen(2048)
     sock.setblocking(False)
@@ -77,8 +77,14 @@ def start(settings: Settings, registry: Registry, *, api: bool, worker: bool) ->
 
     One process serves HTTP on one core; copies that accept on the same socket
     use the others. The parent binds first (a taken port is a start-up error),
-    passes every signal on to its copies, and exits after they have.
+    passes every signal on to its copies, and exits after they have. All of
+    them write their metrics to one directory, so a scrape of any sums them all.
     """
+    with metrics.multiprocess_dir():
+        return _start(settings, registry, api=api, worker=worker)
+
+
+def _start(settings: Settings, registry: Registry, *, api: bool, worker: bool) -> int:
     sock = listen(settings) if api else None
     copies = settings.http_workers - 1 if api else 0
     if copies and settings.backend == "memory":
@@ -101,6 +107,7 @@ def start(settings: Settings, registry: Registry, *, api: bool, worker: bool) ->
     code = _in_loop(run(settings, registry, api=api, worker=worker, sock=sock, children=children))
     for pid in children:
         _, status = os.waitpid(pid, 0)
+        metrics.process_ended(pid)
         code = max(code, os.waitstatus_to_exitcode(status))
     return code
 
@@ -125,20 +132,31 @@ async def run(
     _handle_signals(stop, force, children)
     if api and sock is None:
         sock = listen(settings)
+    # A worker alone serves its counters on METRICS_PORT: no API process can read them.
+    metrics_sock = (
+        listen(settings, settings.metrics_port, "METRICS_PORT")
+        if worker and not api and settings.metrics_port
+        else None
+    )
     backend = await open_backend(settings)
-    jobs: list[Coroutine[Any, Any, object]] = []
+    counted = metrics.Metrics()
+    jobs: list[Coroutine[Any, Any, object]] = [counted.publish_until(stop)]
     if parent is not None:
         jobs.append(_stop_when_orphaned(parent, stop))
     try:
         if worker:
-            jobs.append(WorkerServer(backend, registry, settings).run(stop, force))
+            jobs.append(WorkerServer(backend, registry, settings, counted).run(stop, force))
+        if metrics_sock is not None:
+            metrics_app = create_metrics_app(backend, counted)
+            jobs.append(_serve_http(metrics_app, None, metrics_sock, settings, stop, force))
         if api:
             assert sock is not None
             client = AsyncClient(backend, registry=registry)
-            app = create_app(client, settings)
+            app = create_app(client, settings, counted)
             jobs.append(_serve_http(app, client, sock, settings, stop, force))
         await asyncio.gather(*jobs)
     finally:
+        counted.publish()  # what the drain counted, before a sibling's last scrape
         await backend.close()
     return EXIT_FORCED if force.is_set() else EXIT_OK
 
@@ -174,7 +192,7 @@ def _handle_signals(stop: asyncio.Event, force: asyncio.Event, children: Sequenc
 
 async def _serve_http(
     app: object,
-    client: AsyncClient,
+    client: AsyncClient | None,
     sock: socket.socket,
     settings: Settings,
     stop: asyncio.Event,
@@ -198,7 +216,8 @@ async def _serve_http(
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
-    client.stop_waiting()
+    if client is not None:
+        client.stop_waiting()
     forced = asyncio.create_task(force.wait())
     await asyncio.wait({serving, forced}, return_when=asyncio.FIRST_COMPLETED)
     if force.is_set():

@@ -5,16 +5,22 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from task_queue import __version__
 from task_queue.api import errors, routes
 from task_queue.api.middleware import RequestLog
+from task_queue.backends.base import Backend
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
+from task_queue.metrics import CONTENT_TYPE, Metrics
 
 
-def create_app(client: AsyncClient, settings: Settings) -> FastAPI:
+def create_app(client: AsyncClient, settings: Settings, metrics: Metrics) -> FastAPI:
     """An app serving `client`'s backend; whoever runs it opens and closes that backend."""
     app = FastAPI(
         title="task-queue",
@@ -23,9 +29,11 @@ def create_app(client: AsyncClient, settings: Settings) -> FastAPI:
     )
     app.state.client = client
     app.state.settings = settings
+    app.state.metrics = metrics
     app.state.started = time.monotonic()
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(routes.root)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -34,5 +42,14 @@ def create_app(client: AsyncClient, settings: Settings) -> FastAPI:
         allow_headers=["*"],
         expose_headers=["Location", "Retry-After", "X-Request-ID"],
     )
-    app.add_middleware(RequestLog)
+    app.add_middleware(RequestLog, metrics=metrics)
     return app
+
+
+def create_metrics_app(backend: Backend, metrics: Metrics) -> Starlette:
+    """GET /metrics alone, for a `worker` process on METRICS_PORT: its counters live there."""
+
+    async def scrape(request: Request) -> Response:
+        return Response(await metrics.render(backend), media_type=CONTENT_TYPE)
+
+    return Starlette(routes=[Route("/metrics", scrape)])

@@ -1,4 +1,7 @@
-"""Request ids and one structured log line per request, as plain ASGI (no per-request tasks)."""
+"""Request ids, one structured log line and the HTTP metrics per request, as plain ASGI.
+
+Plain ASGI rather than BaseHTTPMiddleware: no extra task per request.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from task_queue.logs import get_logger
+from task_queue.metrics import UNMATCHED_ROUTE, Metrics
 
 log = get_logger("task_queue.api")
 
@@ -18,14 +22,17 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
 class RequestLog:
-    """Keeps an incoming X-Request-ID (or makes one), returns it, and logs the request.
+    """Keeps an incoming X-Request-ID (or makes one), returns it, logs and counts the request.
 
     The id is bound to the logging context, so the task a request creates
-    carries it, and the worker's lines about that task repeat it.
+    carries it, and the worker's lines about that task repeat it. Log line and
+    metrics name the route template (/api/v1/tasks/{task_id}), never the raw
+    path, so task ids and probes of unknown paths add no label values.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,14 +57,17 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)
+            self.metrics.request_done(scope["method"], route, status, seconds)
             client = scope.get("client")
             log.info(
                 "request",
                 method=scope["method"],
-                path=getattr(route, "path", scope["path"]),
+                path=scope["path"],
+                route=route,
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                duration_ms=round(seconds * 1000, 3),
                 client=client[0] if client else None,
             )
             structlog.contextvars.reset_contextvars(**bound)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from task_queue.api.errors import ApiError, field_errors, json_response
@@ -28,10 +28,12 @@ from task_queue.client import MAX_WAIT_SECONDS, AsyncClient, TaskRequest
 from task_queue.config import Settings
 from task_queue.errors import BackendUnavailable
 from task_queue.logs import get_logger
+from task_queue.metrics import CONTENT_TYPE, Metrics
 from task_queue.task import TaskStatus
 
 log = get_logger("task_queue.api")
 router = APIRouter(prefix="/api/v1")
+root = APIRouter()
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -99,10 +101,13 @@ def _with_header_key(task: TaskRequest, key: str | None) -> TaskRequest:
     return _validated(TaskRequest, {**task.model_dump(exclude_unset=True), "idempotency_key": key})
 
 
-def _log_submitted(outcome: list[Submitted]) -> None:
+def _log_submitted(request: Request, outcome: list[Submitted]) -> None:
+    """Log and count the tasks this request created; an idempotent repeat created none."""
+    metrics: Metrics = request.app.state.metrics
     for item in outcome:
         task = item.task
         if item.created:
+            metrics.submitted(task.type, task.queue)
             log.info(
                 "task submitted",
                 task_id=task.id,
@@ -128,7 +133,7 @@ async def submit_task(request: Request) -> Response:
     outcome = await _client(request).submit_requests(
         [task_request], request_id=request.state.request_id
     )
-    _log_submitted(outcome)
+    _log_submitted(request, outcome)
     [item] = outcome
     return json_response(
         item.task.to_json(),
@@ -153,7 +158,7 @@ async def submit_batch(request: Request) -> Response:
     outcome = await _client(request).submit_requests(
         batch.tasks, request_id=request.state.request_id
     )
-    _log_submitted(outcome)
+    _log_submitted(request, outcome)
     return json_response({"tasks": [item.task.to_json() for item in outcome]}, 201)
 
 
@@ -240,7 +245,11 @@ async def retry_task(request: Request, task_id: str) -> Response:
 
 @router.get("/health", responses={200: {"model": Health}, 503: {"model": Health}})
 async def health(request: Request) -> Response:
-    """Ready when the backend answers within two seconds."""
+    """Ready when the backend answers within two seconds; a hung backend fails the probe.
+
+    Also says how many workers are alive and how old the newest heartbeat is, so
+    "the API is up but nothing runs tasks" shows without reading /workers.
+    """
     backend = _client(request).backend
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
@@ -250,7 +259,16 @@ async def health(request: Request) -> Response:
         reason = str(exc) or "backend did not answer in time"
         body = {"status": "unhealthy", "backend": {"type": backend.name, "error": reason}}
         return json_response(body, 503)
-    return json_response({"status": "healthy", "backend": details, "workers": len(workers)})
+    newest = max((w.last_heartbeat for w in workers), default=None)
+    age = None if newest is None else round(max(0.0, backend.clock.now() - newest), 3)
+    return json_response(
+        {
+            "status": "healthy",
+            "backend": details,
+            "workers": len(workers),
+            "last_heartbeat_age_seconds": age,
+        }
+    )
 
 
 @router.get("/health/live", responses={200: {"model": Health}})
@@ -290,3 +308,15 @@ async def workers(request: Request) -> Response:
     """Every live worker of every process sharing the backend."""
     found = await _client(request).backend.workers()
     return json_response({"workers": [w.to_json() for w in found]})
+
+
+@root.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus text: this machine's counters and the backend's queue and worker gauges."""
+    found: Metrics = request.app.state.metrics
+    text = await found.render(_client(request).backend)
+    return Response(text, media_type=CONTENT_TYPE)

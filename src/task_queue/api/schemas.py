@@ -74,6 +74,7 @@ class Health(BaseModel):
     status: str
     backend: dict[str, Any]
     workers: int | None = None
+    last_heartbeat_age_seconds: float | None = None
 
 
 class WorkerCounts(BaseModel):

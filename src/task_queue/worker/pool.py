@@ -36,8 +36,9 @@ from task_queue.errors import (
     UnknownTaskType,
 )
 from task_queue.logs import get_logger
+from task_queue.metrics import Metrics
 from task_queue.registry import Registry, TaskContext
-from task_queue.task import Task, TaskStatus
+from task_queue.task import DEFAULT_QUEUE, Task, TaskStatus
 
 log = get_logger("task_queue.worker")
 
@@ -64,6 +65,7 @@ class WorkerPool:
         *,
         worker_id: str,
         queues: Sequence[str],
+        metrics: Metrics | None = None,
     ) -> None:
         self.backend = backend
         self.registry = registry
@@ -75,6 +77,12 @@ class WorkerPool:
         self.lease_seconds = settings.lease_seconds
         self.processed = 0
         self.failed = 0
+        self.metrics = metrics or Metrics()
+        # Zero series for every known type, so a dashboard's rate() has a line before
+        # the first failure rather than no data.
+        for name in registry.names():
+            for queue in self.queues or [DEFAULT_QUEUE]:
+                self.metrics.for_task(name, queue)
         self._clock = backend.clock
         self._threads = ThreadPoolExecutor(self.capacity, thread_name_prefix="task-queue-handler")
         self._held: dict[str, str] = {}  # every task this pool holds a lease on: id -> token
@@ -236,6 +244,7 @@ class WorkerPool:
         progress = ProgressReporter(self.backend, task, bound)
         try:
             outcome = await self._outcome(task, bound, progress)
+            ran = time.perf_counter() - started
         finally:
             self._running.pop(task.id, None)
             self._interrupts.pop(task.id, None)  # asked as the handler ended by itself
@@ -250,7 +259,7 @@ class WorkerPool:
             return
         if not await self._acknowledge(outcome, task.lease_token or "", bound):
             return
-        self._count(outcome)
+        self._count(outcome, ran)
         fields: dict[str, Any] = {
             "status": outcome.status.value,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -373,12 +382,21 @@ class WorkerPool:
         if await self._acknowledge(outcome, task.lease_token or "", bound):
             bound.info("task cancelled before it started")
 
-    def _count(self, outcome: Task) -> None:
+    def _count(self, outcome: Task, seconds: float) -> None:
+        """Count a run whose handler ended by itself; cancelled or handed back ones are not."""
+        counts = self.metrics.for_task(outcome.type, outcome.queue)
         if outcome.status is TaskStatus.COMPLETED:
-            self.processed += 1
-        elif outcome.status in (TaskStatus.FAILED, TaskStatus.RETRYING):
-            self.processed += 1
+            counts.completed.count += 1
+        elif outcome.status is TaskStatus.RETRYING:
+            counts.retried.count += 1
             self.failed += 1
+        elif outcome.status is TaskStatus.FAILED:
+            counts.failed.count += 1
+            self.failed += 1
+        else:
+            return
+        self.processed += 1
+        counts.duration.observe(seconds)
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from task_queue.backends.base import Backend, WorkerInfo
 from task_queue.config import Settings
 from task_queue.errors import BackendUnavailable
 from task_queue.logs import get_logger
+from task_queue.metrics import Metrics
 from task_queue.registry import Registry
 from task_queue.worker.heartbeat import Heartbeat
 from task_queue.worker.loops import PeriodicLoop
@@ -29,7 +30,13 @@ class WorkerServer:
     point hands back the running tasks at once.
     """
 
-    def __init__(self, backend: Backend, registry: Registry, settings: Settings) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: Registry,
+        settings: Settings,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.backend = backend
         self.settings = settings
         hostname = socket.gethostname()
@@ -43,7 +50,12 @@ class WorkerServer:
             heartbeat_interval=settings.lease_seconds / 3,
         )
         self.pool = WorkerPool(
-            backend, registry, settings, worker_id=self.info.id, queues=settings.queues
+            backend,
+            registry,
+            settings,
+            worker_id=self.info.id,
+            queues=settings.queues,
+            metrics=metrics,
         )
         self.heartbeat = Heartbeat(backend, self.pool, self.info)
         self.loops: list[PeriodicLoop] = [
