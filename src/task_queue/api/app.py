@@ -9,6 +9,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from task_queue import __version__
 from task_queue.api import errors, routes
+from task_queue.api.guard import Guard
 from task_queue.api.middleware import RequestLog
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
@@ -26,13 +27,27 @@ def create_app(client: AsyncClient, settings: Settings) -> FastAPI:
     app.state.started = time.monotonic()
     errors.install(app)
     app.include_router(routes.router)
+    # The last added runs first: RequestLog sees every answer, CORS decorates the
+    # Guard's 401 and 429 too and answers preflights before the Guard sees them.
+    app.add_middleware(Guard, settings=settings, backend=client.backend)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
+        # Credentials only for origins named one by one: `*` with credentials would
+        # let every site call the API with the user's cookies.
         allow_credentials="*" not in settings.cors_origins,
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["Location", "Retry-After", "X-Request-ID"],
+        expose_headers=[
+            "Location",
+            "Retry-After",
+            "X-Request-ID",
+            "WWW-Authenticate",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "RateLimit-Policy",
+        ],
     )
     app.add_middleware(RequestLog)
     return app
