@@ -43,9 +43,12 @@ class ClientAddress:
         self._networks = tuple(trusted)
         self._trusted = functools.lru_cache(maxsize=1024)(self._in_networks)
 
+    @property
+    def behind_proxies(self) -> bool:
+        return bool(self._networks)
+
     def __call__(self, scope: Scope) -> str:
-        peer = scope.get("client")
-        address = peer[0] if peer else ""
+        address = _peer(scope)
         if not self._networks or not self._trusted(address):
             return address
         forwarded = b",".join(v for n, v in scope["headers"] if n == b"x-forwarded-for")
@@ -77,7 +80,13 @@ class Guard:
         self._limiter = None if self._limit is None else _limiter(self._limit, backend)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._address.behind_proxies:
+            # The request log and the routes see the client, not the proxy.
+            scope["client"] = (self._address(scope), 0)
+        if scope["method"] == "OPTIONS" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         key = self._keys.match(scope["headers"]) if self._keys else None
@@ -88,7 +97,7 @@ class Guard:
             else:
                 await self.app(scope, receive, send)
             return
-        client = f"key:{key}" if key else f"ip:{self._address(scope)}"
+        client = f"key:{key}" if key else f"ip:{_peer(scope)}"
         decision = await self._limiter.take(client)
         limit_headers = self._limit.headers(decision)
         if not decision.allowed:
@@ -118,6 +127,11 @@ class Guard:
         message = f"rate limit exceeded: retry in {seconds} s"
         response = error_response(429, "rate_limited", message, {"retry_after": seconds}, headers)
         await response(scope, receive, send)
+
+
+def _peer(scope: Scope) -> str:
+    peer = scope.get("client")
+    return str(peer[0]) if peer else ""
 
 
 def _limiter(limit: Limit, backend: Backend) -> Limiter:
