@@ -38,3 +38,7 @@ def test_a_hop_that_is_not_an_address_stops_the_walk() -> None:
     assert PROXIES(scope("10.0.0.2", "203.0.113.9, garbage")) == "10.0.0.2"
     assert PROXIES(scope("10.0.0.2", "garbage, 10.0.0.1")) == "10.0.0.1"
     assert PROXIES(scope("10.0.0.2")) == "10.0.0.2"
+
+
+def test_an_ipv4_proxy_seen_through_a_dual_stack_socket_is_still_trusted() -> None:
+    assert PROXIES(scope("::ffff:10.0.0.2", "203.0.113.9")) == "203.0.113.9"

@@ -94,6 +94,16 @@ def test_two_apis_on_one_redis_share_one_limit(launch: Launcher, redis_server: R
     assert served_by == {str(api.port) for api in apis}
 
 
+def test_with_redis_gone_requests_go_through_and_one_warning_says_so(
+    launch: Launcher, redis_server: RedisServer
+) -> None:
+    api = launch.start("api", QUEUE_BACKEND="redis", REDIS_URL=redis_server.url, RATE_LIMIT=0.1)
+    assert [api.http.get("/openapi.json").status_code for _ in range(2)] == [200, 429]
+    redis_server.stop()
+    assert [api.http.get("/openapi.json").status_code for _ in range(3)] == [200] * 3
+    assert len(api.logs("rate limit off while Redis is unreachable")) == 1
+
+
 def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(launch: Launcher) -> None:
     # One token a bucket, refilled in ten seconds: every request after the first is refused.
     untrusted = launch.start("api", QUEUE_BACKEND="memory", RATE_LIMIT=0.1)

@@ -66,6 +66,8 @@ class ClientAddress:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 proxy
         return any(ip in network for network in self._networks)
 
 
