@@ -78,6 +78,8 @@ def http_submit(backend: str, seconds: int, extra_env: dict[str, str]) -> dict[s
             "DATA_DIR": data_dir,
             "PYTHONPATH": str(ROOT),
             "TASK_MODULES": "benchmarks.noop_tasks",
+            # wrk is one client: at the default limit it would measure 429s.
+            "RATE_LIMIT": "0",
             **extra_env,
         }
         server = subprocess.Popen([CLI, "api"], env=env, stderr=subprocess.DEVNULL)

@@ -7,6 +7,8 @@ wall-clock threshold, so a slow machine makes them looser, not flaky.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import httpx
 import pytest
 
 from tests.backends.redis_server import REDIS_SERVER, RedisServer
-from tests.e2e.processes import Launcher, TaskQueueProcess
+from tests.e2e.processes import TASK_QUEUE, Launcher, TaskQueueProcess, process_env
 
 STATS = "/api/v1/stats"
 ALLOWED_ORIGIN = "https://app.example"
@@ -151,6 +153,26 @@ def test_api_keys_lock_every_api_call_but_health_and_preflight(launch: Launcher)
         "Access-Control-Request-Headers": "authorization",
     }
     assert api.http.options(STATS, headers=preflight).status_code == 200
+
+
+def test_the_cli_sends_the_first_of_api_keys_to_a_server_given_by_url(
+    launch: Launcher, tmp_path: Path
+) -> None:
+    key = f"key-{uuid.uuid4().hex}"
+    api = launch.start("api", QUEUE_BACKEND="memory", API_KEYS=key)
+
+    def stats(keys: str) -> subprocess.CompletedProcess[str]:
+        command = [TASK_QUEUE, "stats", "--url", api.url]
+        env = process_env({"API_KEYS": keys})
+        return subprocess.run(
+            command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+        )
+
+    assert stats(f"{key},another").returncode == 0
+    assert json.loads(stats(key).stdout)["queue_size"] == 0
+    refused = stats("wrong")
+    assert refused.returncode != 0
+    assert key not in refused.stderr
 
 
 def test_without_api_keys_the_api_is_open(launch: Launcher) -> None:
