@@ -22,10 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from task_queue.api.auth import ApiKeys
 from task_queue.api.errors import error_response
-from task_queue.api.ratelimit import Decision, Limit, Limiter, LocalLimiter, RedisLimiter
+from task_queue.api.ratelimit import Limit, Limiter, LocalLimiter, RedisLimiter
 from task_queue.backends.base import Backend
 from task_queue.config import Network, Settings
 
+Headers = list[tuple[bytes, bytes]]
 OPEN_PATHS = frozenset({"/api/v1/health", "/api/v1/health/live", "/metrics"})
 LOCKED_PREFIX = "/api/"
 _NO_KEY = "this endpoint needs an API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"
@@ -78,8 +79,8 @@ class Guard:
         self.app = app
         self._keys = ApiKeys(settings.api_keys)
         self._address = ClientAddress(settings.trusted_proxies)
-        self._limit = Limit(settings.rate_limit) if settings.rate_limit > 0 else None
-        self._limiter = None if self._limit is None else _limiter(self._limit, backend)
+        rate = settings.rate_limit
+        self._limiter = _limiter(Limit(rate), backend) if rate > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,7 +94,7 @@ class Guard:
             return
         key = self._keys.match(scope["headers"]) if self._keys else None
         refused = key is None and bool(self._keys) and scope["path"].startswith(LOCKED_PREFIX)
-        if self._limit is None or self._limiter is None:
+        if self._limiter is None:
             if refused:
                 await _unauthorized(scope, receive, send, {})
             else:
@@ -101,9 +102,10 @@ class Guard:
             return
         client = f"key:{key}" if key else f"ip:{_peer(scope)}"
         decision = await self._limiter.take(client)
-        limit_headers = self._limit.headers(decision)
+        limit = self._limiter.limit
+        limit_headers = limit.headers(decision)
         if not decision.allowed:
-            await self._too_many(scope, receive, send, decision, limit_headers)
+            await _too_many(scope, receive, send, limit.retry_after(decision), limit_headers)
         elif refused:
             await _unauthorized(scope, receive, send, _text(limit_headers))
         else:
@@ -114,21 +116,6 @@ class Guard:
                 await send(message)
 
             await self.app(scope, receive, send_with_limit)
-
-    async def _too_many(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        decision: Decision,
-        limit_headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        assert self._limit is not None
-        seconds = self._limit.retry_after(decision)
-        headers = {"Retry-After": str(seconds), **_text(limit_headers)}
-        message = f"rate limit exceeded: retry in {seconds} s"
-        response = error_response(429, "rate_limited", message, {"retry_after": seconds}, headers)
-        await response(scope, receive, send)
 
 
 def _peer(scope: Scope) -> str:
@@ -144,6 +131,15 @@ def _limiter(limit: Limit, backend: Backend) -> Limiter:
     return LocalLimiter(limit)
 
 
+async def _too_many(
+    scope: Scope, receive: Receive, send: Send, seconds: int, limit_headers: Headers
+) -> None:
+    headers = {"Retry-After": str(seconds), **_text(limit_headers)}
+    message = f"rate limit exceeded: retry in {seconds} s"
+    response = error_response(429, "rate_limited", message, {"retry_after": seconds}, headers)
+    await response(scope, receive, send)
+
+
 async def _unauthorized(
     scope: Scope, receive: Receive, send: Send, headers: dict[str, str]
 ) -> None:
@@ -155,5 +151,5 @@ async def _unauthorized(
     await response(scope, receive, send)
 
 
-def _text(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+def _text(headers: Headers) -> dict[str, str]:
     return {name.decode(): value.decode() for name, value in headers}

@@ -75,6 +75,8 @@ class Limit:
 
 
 class Limiter(Protocol):
+    limit: Limit
+
     async def take(self, client: str) -> Decision: ...
 
 
@@ -126,6 +128,7 @@ class LocalLimiter:
     """Buckets in this process's memory."""
 
     def __init__(self, limit: Limit) -> None:
+        self.limit = limit
         self._buckets = TokenBuckets(limit)
 
     async def take(self, client: str) -> Decision:
@@ -136,14 +139,14 @@ class RedisLimiter:
     """Buckets in Redis, shared by every API process; lets requests through while Redis is down."""
 
     def __init__(self, limit: Limit, backend: RedisBackend) -> None:
-        self._limit = limit
+        self.limit = limit
         self._backend = backend
         self._failing = False
 
     async def take(self, client: str) -> Decision:
         try:
             taken, tokens, wait = await self._backend.take_token(
-                client, self._limit.rate, self._limit.burst
+                client, self.limit.rate, self.limit.burst
             )
         except BackendUnavailable as exc:
             if not self._failing:  # once per outage, not once per request
@@ -151,7 +154,7 @@ class RedisLimiter:
                 # The error's class only: its text carries the Redis URL, password and all.
                 error = type(exc.__cause__ or exc).__name__
                 log.warning("rate limit off while Redis is unreachable", error=error)
-            return Decision(True, self._limit.burst, 0.0)
+            return Decision(True, self.limit.burst, 0.0)
         if self._failing:
             self._failing = False
             log.info("rate limit on again: Redis answers")
