@@ -561,6 +561,8 @@ class RedisBackend(Backend):
         names the bucket and must not be a secret (hash API keys first). The
         answer: whether a token was taken, the tokens left, and the seconds until
         the next one (0 when taken). Rides in the tick's pipeline like every script.
+        Unlike the others, the script reads Redis TIME instead of the injected
+        clock: processes on several machines age one bucket (see ratelimit.lua).
         """
         taken, tokens, wait = await self._batcher.call("ratelimit", [client, rate, burst])
         return taken == 1, float(tokens), float(wait)
