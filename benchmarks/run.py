@@ -78,11 +78,14 @@ def http_submit(backend: str, seconds: int, extra_env: dict[str, str]) -> dict[s
             "DATA_DIR": data_dir,
             "PYTHONPATH": str(ROOT),
             "TASK_MODULES": "benchmarks.noop_tasks",
+            # wrk is one client: at the default limit it would measure 429s.
+            "RATE_LIMIT": "0",
             **extra_env,
         }
         server = subprocess.Popen([CLI, "api"], env=env, stderr=subprocess.DEVNULL)
         try:
             _wait_live(port, time.monotonic() + 20)
+            cpu_before = _cpu_seconds(server.pid)
             out = subprocess.run(
                 [
                     "wrk",
@@ -97,10 +100,12 @@ def http_submit(backend: str, seconds: int, extra_env: dict[str, str]) -> dict[s
                 capture_output=True,
                 text=True,
             ).stdout
+            cpu = _cpu_seconds(server.pid) - cpu_before
         finally:
             server.terminate()
             server.wait(30)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     latency = re.search(r"Latency\s+(\S+)", out)
     refused = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return {
@@ -108,7 +113,16 @@ def http_submit(backend: str, seconds: int, extra_env: dict[str, str]) -> dict[s
         "requests_per_second": round(float(rate.group(1))) if rate else None,
         "mean_latency": latency.group(1) if latency else None,
         "refused": int(refused.group(1)) if refused else 0,
+        # CPU of the first process only: a fair cost per request when nothing else
+        # runs in it, and far steadier than req/s on a shared machine.
+        "cpu_us_per_request": round(cpu / int(requests.group(1)) * 1e6) if requests else None,
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

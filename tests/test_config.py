@@ -62,8 +62,16 @@ def test_empty_log_file_disables_the_file_log() -> None:
         ("LEASE_SECONDS", "-1"),
         ("LOG_FORMAT", "xml"),
         ("ALLOW_PRIVATE_URLS", "maybe"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal"),
+        ("TRUSTED_PROXIES", "10.0.0.0/33"),
     ],
 )
 def test_bad_value_names_its_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{variable}="):
         Settings.load(environ={variable: value})
+
+
+def test_trusted_proxies_are_addresses_and_networks() -> None:
+    settings = Settings.load(environ={"TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.7,::1"})
+    assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8", "192.168.1.7/32", "::1/128"]
+    assert Settings.load(environ={}).trusted_proxies == []

@@ -119,7 +119,9 @@ async def _enqueue(args: argparse.Namespace, settings: Settings) -> Task:
 
 async def _connect(args: argparse.Namespace, settings: Settings) -> AsyncClient | AsyncHttpClient:
     if args.url:
-        return AsyncHttpClient(args.url)
+        # The server's API_KEYS, set where the CLI runs, supplies the key to send.
+        api_key = settings.api_keys[0] if settings.api_keys else None
+        return AsyncHttpClient(args.url, api_key=api_key)
     if settings.backend == "memory":
         raise ConfigError("QUEUE_BACKEND=memory lives inside the server process: pass --url")
     return await AsyncClient.connect(settings)

@@ -7,6 +7,7 @@ value becomes a ConfigError whose one-line message names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from task_queue.errors import ConfigError
 
 Seconds = Annotated[float, Field(gt=0)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _split(value: Any) -> Any:
@@ -51,6 +53,7 @@ class Settings(BaseModel):
     rate_limit: float = Field(100.0, ge=0)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     api_keys: list[str] = Field(default_factory=list)
+    trusted_proxies: list[Network] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     log_file: Path | None = Path("logs/task-queue.log")
@@ -65,6 +68,15 @@ class Settings(BaseModel):
     _split_lists = field_validator(
         "queues", "cors_origins", "api_keys", "task_modules", mode="before"
     )(_split)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        # A bare address is its own /32 (/128); host bits under a prefix are forgiven.
+        try:
+            return [ipaddress.ip_network(item, strict=False) for item in _split(value)]
+        except ValueError as exc:
+            raise ValueError(f"not an IP address or CIDR network ({exc})") from None
 
     @field_validator("log_level", "log_format", "queue_backend", mode="before")
     @classmethod

@@ -205,6 +205,9 @@ async def _serve_http(
         log_config=None,
         access_log=False,
         server_header=False,
+        # Not uvicorn's X-Forwarded-For rewriting, which trusts loopback peers by
+        # default: TRUSTED_PROXIES alone decides whose forwarding is believed.
+        proxy_headers=False,
         # Whole seconds only; never None, which would let a request hold shutdown forever.
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
         backlog=2048,

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from task_queue import __version__
 from task_queue.api import errors, routes
+from task_queue.api.guard import Guard
 from task_queue.api.middleware import RequestLog
 from task_queue.backends.base import Backend
 from task_queue.client import AsyncClient
@@ -34,13 +35,27 @@ def create_app(client: AsyncClient, settings: Settings, metrics: Metrics) -> Fas
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(routes.root)
+    # The last added runs first: RequestLog sees every answer, CORS decorates the
+    # Guard's 401 and 429 too and answers preflights before the Guard sees them.
+    app.add_middleware(Guard, settings=settings, backend=client.backend)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
+        # Credentials only for origins named one by one: `*` with credentials would
+        # let every site call the API with the user's cookies.
         allow_credentials="*" not in settings.cors_origins,
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["Location", "Retry-After", "X-Request-ID"],
+        expose_headers=[
+            "Location",
+            "Retry-After",
+            "X-Request-ID",
+            "WWW-Authenticate",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "RateLimit-Policy",
+        ],
     )
     app.add_middleware(RequestLog, metrics=metrics)
     return app

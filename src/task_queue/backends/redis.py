@@ -76,6 +76,7 @@ SCRIPTS = (
     "promote",
     "purge",
     "stats",
+    "ratelimit",
 )
 # Scripts whose calls of one tick become one call: each caller's arguments are a
 # group of their own and the script answers one value per group.
@@ -552,6 +553,19 @@ class RedisBackend(Backend):
         page = found[:limit]
         more = len(found) > limit
         return Page([task for task, _ in page], str(page[-1][1]) if more else None)
+
+    async def take_token(self, client: str, rate: float, burst: float) -> tuple[bool, float, float]:
+        """Take one token from `client`'s bucket, shared by every process on this prefix.
+
+        Not part of Backend: only the HTTP API's rate limiter calls it. `client`
+        names the bucket and must not be a secret (hash API keys first). The
+        answer: whether a token was taken, the tokens left, and the seconds until
+        the next one (0 when taken). Rides in the tick's pipeline like every script.
+        Unlike the others, the script reads Redis TIME instead of the injected
+        clock: processes on several machines age one bucket (see ratelimit.lua).
+        """
+        taken, tokens, wait = await self._batcher.call("ratelimit", [client, rate, burst])
+        return taken == 1, float(tokens), float(wait)
 
 
 def _matches(task: Task, filter: TaskFilter) -> bool:
