@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -15,7 +16,7 @@ from structlog.testing import capture_logs
 from task_queue._clock import ManualClock
 from task_queue.backends.redis import SCRIPTS, RedisBackend, load_script
 from task_queue.backends.redis_codec import ready_rank
-from task_queue.errors import LeaseLost
+from task_queue.errors import BackendUnavailable, LeaseLost
 from task_queue.task import Task, TaskStatus
 from tests.backends.redis_server import RedisServer
 
@@ -308,3 +309,17 @@ async def test_bench_on_redis_runs_under_a_prefix_of_its_own_and_leaves_no_keys(
     assert report["tasks"] == 200
     assert await raw.keys("*tq-bench-*") == []  # the server is shared with other tests
     assert await raw.get("not-the-bench") == "1"
+
+
+async def test_a_redis_password_never_reaches_an_error_message(clock: ManualClock) -> None:
+    with socket.socket() as sock:  # a port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = RedisBackend(f"redis://:s3cret-pw@127.0.0.1:{port}/0", clock=clock)
+    with pytest.raises(BackendUnavailable) as not_open:
+        await backend.get("any")
+    with pytest.raises(BackendUnavailable) as unreachable:
+        await backend.open()
+    for raised in (not_open, unreachable):
+        assert "s3cret-pw" not in str(raised.value)
+        assert f"127.0.0.1:{port}" in str(raised.value)

@@ -205,6 +205,7 @@ class RedisBackend(Backend):
     ) -> None:
         super().__init__(clock=clock, max_waiting=max_waiting)
         self.url = url
+        self._shown_url = redacted(url)  # for messages and logs: no password in them
         self.prefix = prefix
         self._p = f"{{{prefix}}}:"
         self._counts = f"{self._p}counts"
@@ -219,7 +220,7 @@ class RedisBackend(Backend):
     @property
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
-            raise BackendUnavailable(f"Redis backend {self.url} is not open")
+            raise BackendUnavailable(f"Redis backend {self._shown_url} is not open")
         return self._redis
 
     async def _guard(self, call: Callable[[], Any]) -> Any:
@@ -230,7 +231,7 @@ class RedisBackend(Backend):
         try:
             return await call()
         except _UNREACHABLE as exc:
-            raise BackendUnavailable(f"Redis at {self.url} is unavailable: {exc}") from exc
+            raise BackendUnavailable(f"Redis at {self._shown_url} is unavailable: {exc}") from exc
 
     async def _script(self, name: str, *args: Any) -> Any:
         script, prefix = self._scripts[name], self._p
@@ -272,7 +273,7 @@ class RedisBackend(Backend):
             await connection.ping()
         except redis_errors.RedisError as exc:
             await connection.aclose()
-            raise BackendUnavailable(f"cannot reach Redis at {redacted(self.url)}: {exc}") from exc
+            raise BackendUnavailable(f"cannot reach Redis at {self._shown_url}: {exc}") from exc
         self._connection, self._redis = connection, client
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
         # Loaded now, so a broken script fails start-up rather than the first submit;
@@ -297,14 +298,14 @@ class RedisBackend(Backend):
             return
         policy = config.get("maxmemory-policy", "noeviction")
         if policy != "noeviction":
-            log.warning("redis may evict task keys", maxmemory_policy=policy, url=self.url)
+            log.warning("redis may evict task keys", maxmemory_policy=policy, url=self._shown_url)
         if config.get("appendonly") != "yes":
             log.warning("redis persistence (appendonly) is off: a restart loses the queue")
 
     async def _server(self) -> aioredis.Redis:
         """The one server holding this prefix, for commands without keys (CONFIG, INFO)."""
         if self._connection is None:
-            raise BackendUnavailable(f"Redis backend {self.url} is not open")
+            raise BackendUnavailable(f"Redis backend {self._shown_url} is not open")
         server: aioredis.Redis = await self._guard(
             functools.partial(self._connection.server_for, self._counts)
         )
@@ -501,7 +502,7 @@ class RedisBackend(Backend):
         """
         if self._pubsub is None:
             if self._connection is None:
-                raise BackendUnavailable(f"Redis backend {self.url} is not open")
+                raise BackendUnavailable(f"Redis backend {self._shown_url} is not open")
             subscribe = functools.partial(self._connection.subscribe, f"{self._p}wake")
             subscribed: PubSub = await self._guard(subscribe)
             self._pubsub = subscribed
