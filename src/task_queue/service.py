@@ -21,6 +21,8 @@ import uvloop
 
 from task_queue import backends
 from task_queue.api.app import create_app
+from task_queue.api.limits import BACKLOG, KEEP_ALIVE_SECONDS
+from task_queue.api.protocol import GuardedHttpProtocol
 from task_queue.backends.base import Backend
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
@@ -57,7 +59,7 @@ def listen(settings: Settings) -> socket.socket:
             f"PORT={settings.port}: cannot listen on {settings.host}:{settings.port} "
             f"({exc.strerror})"
         ) from None
-    sock.listen(2048)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -182,14 +184,15 @@ async def _serve_http(
 ) -> None:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http="httptools",
+        http=GuardedHttpProtocol,
         lifespan="off",
         log_config=None,
         access_log=False,
         server_header=False,
         # Whole seconds only; never None, which would let a request hold shutdown forever.
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
-        backlog=2048,
+        backlog=BACKLOG,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = _HttpServer(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))

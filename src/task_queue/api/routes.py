@@ -13,8 +13,8 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
 
 from task_queue.api.errors import ApiError, field_errors, json_response
+from task_queue.api.limits import BODY_TIMEOUT_SECONDS, MAX_BATCH, MAX_BODY_BYTES, MAX_LIST_LIMIT
 from task_queue.api.schemas import (
-    MAX_BATCH,
     BatchRequest,
     Health,
     Stats,
@@ -34,9 +34,9 @@ log = get_logger("task_queue.api")
 router = APIRouter(prefix="/api/v1")
 M = TypeVar("M", bound=BaseModel)
 
-MAX_BODY_BYTES = 1024 * 1024
 OUTPUT_FOLDERS = ("images", "outputs")
 HEALTH_TIMEOUT_SECONDS = 2.0
+CLOSE = {"Connection": "close"}
 SUBMIT_ERRORS = errors(400, 409, 413, 415, 422, 503)
 
 
@@ -62,26 +62,39 @@ IDEMPOTENCY_HEADER = {
 
 
 async def _read_json(request: Request) -> Any:
-    """The body as JSON, refusing what is not JSON or too large before reading it whole."""
+    """The body as JSON; what is not JSON, too large or too slow is refused before read whole."""
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
-    body: bytes | bytearray
-    if declared.isdigit():
-        body = await request.body()  # the server stops at the declared length
-    else:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise ApiError(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+        raise _too_large()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            body = await _read_capped(request)
+    except TimeoutError:
+        message = f"body not received within {BODY_TIMEOUT_SECONDS:g} seconds"
+        raise ApiError(408, "request_timeout", message, headers=CLOSE) from None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+async def _read_capped(request: Request) -> bytes:
+    # Counted as it arrives: a chunked body declares no length, and the server
+    # already stops at a declared one.
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+    return bytes(body)
+
+
+def _too_large() -> ApiError:
+    # The rest of the body is never read, so the connection cannot carry another request.
+    return ApiError(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes", headers=CLOSE)
 
 
 def _validated(model: type[M], data: Any) -> M:
@@ -206,7 +219,7 @@ async def list_tasks(
     status: TaskStatus | None = None,
     type: str | None = None,
     queue: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
     cursor: str | None = None,
 ) -> Response:
     """Tasks, newest first; pass next_cursor back as cursor for the next page."""

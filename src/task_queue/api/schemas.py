@@ -7,10 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from task_queue.api.limits import MAX_BATCH
 from task_queue.client import TaskRequest
 from task_queue.task import TaskStatus
-
-MAX_BATCH = 1000
 
 
 class TaskOut(BaseModel):
