@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from task_queue import __version__
-from task_queue.api import errors, routes
+from task_queue.api import errors, routes, schemas
 from task_queue.api.middleware import RequestLog
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
@@ -19,13 +19,14 @@ def create_app(client: AsyncClient, settings: Settings) -> FastAPI:
     app = FastAPI(
         title="task-queue",
         version=__version__,
-        description="A distributed task queue: submit, watch and steer tasks.",
+        description=schemas.API_DESCRIPTION,
     )
     app.state.client = client
     app.state.settings = settings
     app.state.started = time.monotonic()
     errors.install(app)
     app.include_router(routes.router)
+    schemas.add_request_schemas(app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
