@@ -3,7 +3,9 @@
 Every operation gets requests generated from the spec, sent over real HTTP to
 `task-queue serve` on SQLite. The spec is built in-process at collection
 (schemathesis's lazy fixture loader does not run on pytest 9.2), and a first
-test checks the server serves that very spec. Every answer must be declared:
+test checks the server serves that very spec. Single calls rarely name a task
+that exists, so a stateful run also chains them: submit, then get, cancel,
+retry and list what was made. Every answer must be declared:
 no 5xx, and a status code, content type, headers and body the spec lists for
 that operation. Bounded so the whole run stays well under a minute; set
 FUZZ_EXAMPLES for a longer hunt (docs/api.md).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -76,3 +79,26 @@ def test_every_answer_is_declared_in_the_spec(
     fuzzed_server: TaskQueueProcess, case: schemathesis.Case
 ) -> None:
     case.call_and_validate(base_url=fuzzed_server.url, checks=CHECKS, timeout=10)
+
+
+def test_chains_of_calls_on_real_tasks_keep_to_the_spec(fuzzed_server: TaskQueueProcess) -> None:
+    """Submit, then get, cancel, retry and list what was made: the answers about real tasks."""
+
+    class Chains(schema.as_state_machine()):
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"base_url": fuzzed_server.url, "timeout": 10}
+
+        def validate_response(
+            self, response: schemathesis.Response, case: schemathesis.Case, **kwargs: Any
+        ) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    Chains.run(
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=6,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
