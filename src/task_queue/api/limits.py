@@ -2,7 +2,7 @@
 
 Each one bounds what a single client can make a process hold (memory, a
 connection, a socket slot) so a slow or hostile client cannot starve the rest.
-docs/configuration.md explains each one.
+docs/api.md explains each one and what it protects.
 """
 
 from __future__ import annotations
