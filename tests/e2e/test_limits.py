@@ -11,9 +11,16 @@ import socket
 import time
 from typing import Any
 
-from task_queue.api.limits import HEAD_TIMEOUT_SECONDS, MAX_BODY_BYTES, MAX_HEAD_BYTES
+import httpx
+
+from task_queue.api.limits import (
+    HEAD_TIMEOUT_SECONDS,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS,
+    MAX_HEAD_BYTES,
+)
 from task_queue.client import MAX_PAYLOAD_DEPTH, MAX_WAIT_SECONDS
-from tests.e2e.processes import TaskQueueProcess
+from tests.e2e.processes import Launcher, TaskQueueProcess
 
 SUBMIT_HEAD = b"POST /api/v1/tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
 CHUNK = 64 * 1024
@@ -143,6 +150,20 @@ def test_client_sending_its_headers_byte_by_byte_is_cut_off(
 
         assert_refused(read_response(sock), 408, "request_timeout")
     assert time.monotonic() - started < HEAD_TIMEOUT_SECONDS * 2 + 5
+
+
+def test_connection_over_the_limit_is_a_503_and_the_server_recovers(launch: Launcher) -> None:
+    server = launch.start("serve", QUEUE_BACKEND="memory")
+    server.http.close()  # its keep-alive connection would count against the limit
+    held = [connect(server) for _ in range(MAX_CONNECTIONS)]
+    try:
+        with connect(server) as sock:
+            assert_refused(read_response(sock), 503, "too_many_connections")
+    finally:
+        for sock in held:
+            sock.close()
+
+    assert httpx.get(f"{server.url}/api/v1/stats").status_code == 200
 
 
 def nested(depth: int) -> bytes:
