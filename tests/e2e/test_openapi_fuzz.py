@@ -36,6 +36,16 @@ from task_queue.config import Settings
 from tests.e2e.processes import Launcher, TaskQueueProcess
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,  # a real server's latency is not the property under test
+    database=None,  # no replay of old failures: each run is a fresh, bounded sample
+    # Health checks judge generation speed against in-process functions; HTTP
+    # round trips and 1000-task batches trip them without anything being wrong.
+    suppress_health_check=list(HealthCheck),
+)
+# A backstop per test (one operation, or the chains): each takes a few seconds.
+TIME_BUDGET = pytest.mark.timeout(20 + EXAMPLES)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -68,19 +78,15 @@ def test_the_server_serves_the_spec_being_fuzzed(fuzzed_server: TaskQueueProcess
 
 
 @schema.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,  # a real server's latency is not the property under test
-    database=None,  # no .hypothesis/ directory left in the work tree
-    suppress_health_check=list(HealthCheck),
-)
-@pytest.mark.timeout(60 + EXAMPLES)
+@FUZZ
+@TIME_BUDGET
 def test_every_answer_is_declared_in_the_spec(
     fuzzed_server: TaskQueueProcess, case: schemathesis.Case
 ) -> None:
     case.call_and_validate(base_url=fuzzed_server.url, checks=CHECKS, timeout=10)
 
 
+@TIME_BUDGET
 def test_chains_of_calls_on_real_tasks_keep_to_the_spec(fuzzed_server: TaskQueueProcess) -> None:
     """Submit, then get, cancel, retry and list what was made: the answers about real tasks."""
 
@@ -93,12 +99,4 @@ def test_chains_of_calls_on_real_tasks_keep_to_the_spec(fuzzed_server: TaskQueue
         ) -> None:
             case.validate_response(response, checks=CHECKS)
 
-    Chains.run(
-        settings=settings(
-            max_examples=EXAMPLES,
-            stateful_step_count=6,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-    )
+    Chains.run(settings=settings(FUZZ, stateful_step_count=6))
