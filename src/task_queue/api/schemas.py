@@ -81,7 +81,8 @@ class WorkerList(_Closed):
     workers: list[WorkerOut]
 
 
-class Health(_Closed):
+# Open, unlike the others: the health endpoints are being extended in parallel work.
+class Health(BaseModel):
     status: str
     backend: dict[str, Any]
     workers: int | None = None
