@@ -21,6 +21,8 @@ import uvloop
 
 from task_queue import backends, metrics
 from task_queue.api.app import create_app, create_metrics_app
+from task_queue.api.limits import BACKLOG, KEEP_ALIVE_SECONDS
+from task_queue.api.protocol import GuardedHttpProtocol
 from task_queue.backends.base import Backend
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
@@ -57,7 +59,7 @@ def listen(settings: Settings, port: int | None = None, variable: str = "PORT") 
         raise ConfigError(
             f"{variable}={port}: cannot listen on {settings.host}:{port} ({exc.strerror})"
         ) from None
-    sock.listen(2048)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -200,7 +202,7 @@ async def _serve_http(
 ) -> None:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http="httptools",
+        http=GuardedHttpProtocol,
         lifespan="off",
         log_config=None,
         access_log=False,
@@ -210,7 +212,8 @@ async def _serve_http(
         proxy_headers=False,
         # Whole seconds only; never None, which would let a request hold shutdown forever.
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
-        backlog=2048,
+        backlog=BACKLOG,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = _HttpServer(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))

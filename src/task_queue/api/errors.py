@@ -28,12 +28,20 @@ RETRY_AFTER_SECONDS = "1"
 class ApiError(Exception):
     """An HTTP failure raised by a route, rendered in the contract's shape."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -58,7 +66,7 @@ def field_errors(errors: Any, prefix: tuple[str, ...] = ()) -> list[dict[str, st
 
 def _status_of(exc: Exception) -> tuple[int, str, Any, dict[str, str] | None]:
     if isinstance(exc, ApiError):
-        return exc.status, exc.code, exc.details, None
+        return exc.status, exc.code, exc.details, exc.headers
     if isinstance(exc, TaskNotFound):
         return 404, "not_found", None, None
     if isinstance(exc, InvalidTransition):

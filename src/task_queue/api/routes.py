@@ -13,8 +13,9 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from task_queue.api.errors import ApiError, field_errors, json_response
+from task_queue.api.limits import BODY_TIMEOUT_SECONDS, MAX_BATCH, MAX_BODY_BYTES, MAX_LIST_LIMIT
 from task_queue.api.schemas import (
-    MAX_BATCH,
+    GUARDED,
     BatchRequest,
     Health,
     Stats,
@@ -22,6 +23,7 @@ from task_queue.api.schemas import (
     TaskOut,
     WorkerList,
     errors,
+    request_body,
 )
 from task_queue.backends.base import Submitted, TaskFilter
 from task_queue.client import MAX_WAIT_SECONDS, AsyncClient, TaskRequest
@@ -36,20 +38,24 @@ router = APIRouter(prefix="/api/v1")
 root = APIRouter()
 M = TypeVar("M", bound=BaseModel)
 
-MAX_BODY_BYTES = 1024 * 1024
 OUTPUT_FOLDERS = ("images", "outputs")
 HEALTH_TIMEOUT_SECONDS = 2.0
-SUBMIT_ERRORS = errors(400, 409, 413, 415, 422, 503)
+CLOSE = {"Connection": "close"}
+SUBMIT_ERRORS = {**errors(400, 408, 409, 413, 415, 422, 503), **GUARDED}
+# Every route with a path or query parameter: FastAPI would otherwise declare
+# its own 422 shape, which the error handler never sends.
+LOOKUP_ERRORS = {**errors(404, 422, 503), **GUARDED}
+LOCATION = {"Location": {"schema": {"type": "string"}, "description": "the task's URL"}}
+EMAIL_TASK = {
+    "type": "email",
+    "payload": {"recipient": "user@example.com", "subject": "Hello", "body": "Hi"},
+    "priority": 5,
+}
 
 
 def _client(request: Request) -> AsyncClient:
     client: AsyncClient = request.app.state.client
     return client
-
-
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 # Read from the request by hand: a declared Header parameter costs a fifth of a
@@ -64,26 +70,39 @@ IDEMPOTENCY_HEADER = {
 
 
 async def _read_json(request: Request) -> Any:
-    """The body as JSON, refusing what is not JSON or too large before reading it whole."""
+    """The body as JSON; what is not JSON, too large or too slow is refused before read whole."""
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
-    body: bytes | bytearray
-    if declared.isdigit():
-        body = await request.body()  # the server stops at the declared length
-    else:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise ApiError(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+        raise _too_large()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            body = await _read_capped(request)
+    except TimeoutError:
+        message = f"body not received within {BODY_TIMEOUT_SECONDS:g} seconds"
+        raise ApiError(408, "request_timeout", message, headers=CLOSE) from None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+async def _read_capped(request: Request) -> bytes:
+    # Counted as it arrives: a chunked body declares no length, and the server
+    # already stops at a declared one.
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+    return bytes(body)
+
+
+def _too_large() -> ApiError:
+    # The rest of the body is never read, so the connection cannot carry another request.
+    return ApiError(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes", headers=CLOSE)
 
 
 def _validated(model: type[M], data: Any) -> M:
@@ -121,8 +140,12 @@ def _log_submitted(request: Request, outcome: list[Submitted]) -> None:
 @router.post(
     "/tasks",
     status_code=201,
-    responses={201: {"model": TaskOut}, 200: {"model": TaskOut}, **SUBMIT_ERRORS},
-    openapi_extra={**_body_schema(TaskRequest), "parameters": [IDEMPOTENCY_HEADER]},
+    responses={
+        201: {"model": TaskOut, "description": "Queued", "headers": LOCATION},
+        200: {"model": TaskOut, "description": "Came before with this key", "headers": LOCATION},
+        **SUBMIT_ERRORS,
+    },
+    openapi_extra={**request_body(TaskRequest, EMAIL_TASK), "parameters": [IDEMPOTENCY_HEADER]},
 )
 async def submit_task(request: Request) -> Response:
     """Queue one task; 200 with the first task when its idempotency key came before."""
@@ -145,8 +168,8 @@ async def submit_task(request: Request) -> Response:
 @router.post(
     "/tasks/batch",
     status_code=201,
-    responses={201: {"model": TaskList}, **SUBMIT_ERRORS},
-    openapi_extra=_body_schema(BatchRequest),
+    responses={201: {"model": TaskList, "description": "All queued"}, **SUBMIT_ERRORS},
+    openapi_extra=request_body(BatchRequest, {"tasks": [EMAIL_TASK]}),
 )
 async def submit_batch(request: Request) -> Response:
     """Queue up to 1000 tasks at once, all or none."""
@@ -162,7 +185,7 @@ async def submit_batch(request: Request) -> Response:
     return json_response({"tasks": [item.task.to_json() for item in outcome]}, 201)
 
 
-@router.get("/tasks/{task_id}", responses={200: {"model": TaskOut}, **errors(404, 422)})
+@router.get("/tasks/{task_id}", responses={200: {"model": TaskOut}, **LOOKUP_ERRORS})
 async def get_task(
     request: Request,
     task_id: str,
@@ -177,7 +200,13 @@ async def get_task(
 @router.get(
     "/tasks/{task_id}/output",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **errors(404)},
+    responses={
+        200: {
+            "description": "The file, in its own media type",
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **LOOKUP_ERRORS,
+    },
 )
 async def task_output(request: Request, task_id: str) -> Response:
     """The file a task wrote (a resized image, a processed CSV), named by its result."""
@@ -205,13 +234,13 @@ def _output_path(result: Any, data_dir: Path) -> Path | None:
     return path
 
 
-@router.get("/tasks", responses={200: {"model": TaskList}, **errors(422)})
+@router.get("/tasks", responses={200: {"model": TaskList}, **errors(422, 503), **GUARDED})
 async def list_tasks(
     request: Request,
     status: TaskStatus | None = None,
     type: str | None = None,
     queue: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
     cursor: str | None = None,
 ) -> Response:
     """Tasks, newest first; pass next_cursor back as cursor for the next page."""
@@ -227,7 +256,9 @@ async def list_tasks(
     )
 
 
-@router.post("/tasks/{task_id}/cancel", responses={200: {"model": TaskOut}, **errors(404, 409)})
+@router.post(
+    "/tasks/{task_id}/cancel", responses={200: {"model": TaskOut}, **errors(409), **LOOKUP_ERRORS}
+)
 async def cancel_task(request: Request, task_id: str) -> Response:
     """Cancel a waiting task; a running one is asked to stop at its next heartbeat."""
     task = await _client(request).cancel(task_id)
@@ -235,7 +266,9 @@ async def cancel_task(request: Request, task_id: str) -> Response:
     return json_response(task.to_json())
 
 
-@router.post("/tasks/{task_id}/retry", responses={200: {"model": TaskOut}, **errors(404, 409, 503)})
+@router.post(
+    "/tasks/{task_id}/retry", responses={200: {"model": TaskOut}, **errors(409), **LOOKUP_ERRORS}
+)
 async def retry_task(request: Request, task_id: str) -> Response:
     """Run a failed or cancelled task again, attempts reset."""
     task = await _client(request).retry(task_id)
@@ -277,7 +310,7 @@ async def live() -> Response:
     return json_response({"status": "alive", "backend": {}})
 
 
-@router.get("/stats", responses={200: {"model": Stats}, **errors(503)})
+@router.get("/stats", responses={200: {"model": Stats}, **errors(503), **GUARDED})
 async def stats(request: Request) -> Response:
     client = _client(request)
     settings: Settings = request.app.state.settings
@@ -303,7 +336,7 @@ async def stats(request: Request) -> Response:
     )
 
 
-@router.get("/workers", responses={200: {"model": WorkerList}, **errors(503)})
+@router.get("/workers", responses={200: {"model": WorkerList}, **errors(503), **GUARDED})
 async def workers(request: Request) -> Response:
     """Every live worker of every process sharing the backend."""
     found = await _client(request).backend.workers()

@@ -1,19 +1,29 @@
-"""Shapes of the HTTP API for OpenAPI; responses are rendered from Task.to_json directly."""
+"""Shapes of the HTTP API for OpenAPI; responses are rendered from Task.to_json directly.
+
+Response models forbid extra fields, so the spec says exactly what is sent and
+the fuzz test (tests/e2e/test_openapi_fuzz.py) catches a field added to one
+and not the other.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
 
+from task_queue.api.limits import HEAD_TIMEOUT_SECONDS, MAX_BATCH, MAX_BODY_BYTES, MAX_HEAD_BYTES
 from task_queue.client import TaskRequest
 from task_queue.task import TaskStatus
 
-MAX_BATCH = 1000
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-class TaskOut(BaseModel):
+class TaskOut(_Closed):
     id: str
     type: str
     queue: str
@@ -26,6 +36,7 @@ class TaskOut(BaseModel):
     idempotency_key: str | None
     result: Any
     error: str | None
+    progress: Any = None
     created_at: datetime
     run_at: datetime
     started_at: datetime | None
@@ -37,22 +48,22 @@ class BatchRequest(BaseModel):
     tasks: list[TaskRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-class TaskList(BaseModel):
+class TaskList(_Closed):
     tasks: list[TaskOut]
     next_cursor: str | None = None
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(_Closed):
     code: str
     message: str
     details: Any = None
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(_Closed):
     error: ErrorDetail
 
 
-class WorkerOut(BaseModel):
+class WorkerOut(_Closed):
     id: str
     hostname: str
     pid: int
@@ -66,10 +77,11 @@ class WorkerOut(BaseModel):
     last_heartbeat: datetime
 
 
-class WorkerList(BaseModel):
+class WorkerList(_Closed):
     workers: list[WorkerOut]
 
 
+# Open, unlike the others: the health endpoints are being extended in parallel work.
 class Health(BaseModel):
     status: str
     backend: dict[str, Any]
@@ -77,12 +89,12 @@ class Health(BaseModel):
     last_heartbeat_age_seconds: float | None = None
 
 
-class WorkerCounts(BaseModel):
+class WorkerCounts(_Closed):
     total: int
     busy: int
 
 
-class Stats(BaseModel):
+class Stats(_Closed):
     queue_size: int
     max_queue_size: int
     by_status: dict[str, int]
@@ -95,6 +107,72 @@ class Stats(BaseModel):
     backend: str
 
 
+_RETRY_AFTER = {"schema": {"type": "string"}, "description": "seconds to wait before trying again"}
+_CLOSE = {"schema": {"type": "string", "enum": ["close"]}, "description": "the body is not read"}
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    408: {"Connection": _CLOSE},
+    413: {"Connection": _CLOSE},
+    429: {"Retry-After": _RETRY_AFTER},
+    503: {"Retry-After": _RETRY_AFTER},
+}
+_ERROR_DESCRIPTIONS = {
+    400: "The body is not valid JSON",
+    401: "No valid API key (when API_KEYS is set)",
+    404: "No such task",
+    408: "The body did not arrive in time",
+    409: "The task's state or idempotency key forbids it",
+    413: f"The body exceeds {MAX_BODY_BYTES} bytes, or a batch {MAX_BATCH} tasks",
+    415: "The body is not application/json",
+    422: "A field, query parameter or task type is invalid",
+    429: "Rate limit exceeded (RATE_LIMIT)",
+    503: "Queue full or backend unreachable",
+}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can return."""
-    return {status: {"model": ErrorBody} for status in statuses}
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[status]}
+        if status in _ERROR_HEADERS:
+            entry["headers"] = _ERROR_HEADERS[status]
+        out[status] = entry
+    return out
+
+
+# Every /api route but health sits behind the API key and the rate limit.
+GUARDED = errors(401, 429)
+
+
+def request_body(model: type[BaseModel], example: Any) -> dict[str, Any]:
+    """An operation's requestBody, for routes that read their JSON by hand."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    content = {"application/json": {"schema": schema, "example": example}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+API_DESCRIPTION = f"""A distributed task queue: submit, watch and steer tasks.
+
+Errors are `{{"error": {{"code", "message", "details"}}}}`. Before any route is
+reached, the HTTP layer answers in the same shape and closes the connection:
+400 `invalid_http` for a malformed request, 431 `headers_too_large` for a
+request line and headers over {MAX_HEAD_BYTES} bytes, 408 `request_timeout`
+when they take over {HEAD_TIMEOUT_SECONDS:g} seconds, and 503
+`too_many_connections` at the connection limit.
+"""
+
+
+def add_request_schemas(app: FastAPI) -> None:
+    """Put the hand-read request bodies' models into the spec's components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        spec = build()
+        _, defs = models_json_schema(
+            [(TaskRequest, "validation"), (BatchRequest, "validation")],
+            ref_template="#/components/schemas/{model}",
+        )
+        spec.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,102 @@
+"""Property-based fuzzing of the real HTTP server from its own OpenAPI spec (schemathesis).
+
+Every operation gets requests generated from the spec, sent over real HTTP to
+`task-queue serve` on SQLite. The spec is built in-process at collection
+(schemathesis's lazy fixture loader does not run on pytest 9.2), and a first
+test checks the server serves that very spec. Single calls rarely name a task
+that exists, so a stateful run also chains them: submit, then get, cancel,
+retry and list what was made. Every answer must be declared:
+no 5xx, and a status code, content type, headers and body the spec lists for
+that operation. Bounded so the whole run stays well under a minute; set
+FUZZ_EXAMPLES for a longer hunt (docs/api.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from task_queue.api.app import create_app
+from task_queue.backends.memory import MemoryBackend
+from task_queue.client import AsyncClient
+from task_queue.config import Settings
+from tests.e2e.processes import Launcher, TaskQueueProcess
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,  # a real server's latency is not the property under test
+    database=None,  # no replay of old failures: each run is a fresh, bounded sample
+    # Health checks judge generation speed against in-process functions; HTTP
+    # round trips and 1000-task batches trip them without anything being wrong.
+    suppress_health_check=list(HealthCheck),
+)
+# A backstop per test (one operation, or the chains): each takes a few seconds.
+TIME_BUDGET = pytest.mark.timeout(20 + EXAMPLES)
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+SPEC = create_app(AsyncClient(MemoryBackend()), Settings()).openapi()
+schema = schemathesis.openapi.from_dict(SPEC)
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskQueueProcess]:
+    """A server of its own: the fuzz fills its queue with odd tasks.
+
+    Room for a million, so a declared 503 queue_full (which not_a_server_error
+    counts as a failure) can only come from a real fault.
+    """
+    launcher = Launcher(Path(tmp_path_factory.mktemp("fuzz-server")))
+    try:
+        yield launcher.start("serve", WORKER_COUNT=1, QUEUE_SIZE=1_000_000)
+    finally:
+        launcher.stop_all()
+
+
+def test_the_server_serves_the_spec_being_fuzzed(fuzzed_server: TaskQueueProcess) -> None:
+    assert fuzzed_server.http.get("/openapi.json").json() == SPEC
+
+
+@schema.parametrize()
+@FUZZ
+@TIME_BUDGET
+def test_every_answer_is_declared_in_the_spec(
+    fuzzed_server: TaskQueueProcess, case: schemathesis.Case
+) -> None:
+    case.call_and_validate(base_url=fuzzed_server.url, checks=CHECKS, timeout=10)
+
+
+@TIME_BUDGET
+def test_chains_of_calls_on_real_tasks_keep_to_the_spec(fuzzed_server: TaskQueueProcess) -> None:
+    """Submit, then get, cancel, retry and list what was made: the answers about real tasks."""
+
+    class Chains(schema.as_state_machine()):
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"base_url": fuzzed_server.url, "timeout": 10}
+
+        def validate_response(
+            self, response: schemathesis.Response, case: schemathesis.Case, **kwargs: Any
+        ) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    Chains.run(settings=settings(FUZZ, stateful_step_count=6))
