@@ -33,6 +33,7 @@ from task_queue.api.app import create_app
 from task_queue.backends.memory import MemoryBackend
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
+from task_queue.metrics import Metrics
 from tests.e2e.processes import Launcher, TaskQueueProcess
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
@@ -55,7 +56,7 @@ CHECKS = [
 ]
 
 
-SPEC = create_app(AsyncClient(MemoryBackend()), Settings()).openapi()
+SPEC = create_app(AsyncClient(MemoryBackend()), Settings(), Metrics()).openapi()
 schema = schemathesis.openapi.from_dict(SPEC)
 
 
