@@ -1,5 +1,9 @@
 """task-queue: `task-queue worker` processes on QUEUE_BACKEND=redis, WORKER_COUNT=10.
 
+TQ_WORKER_COUNT in the environment sets another WORKER_COUNT (e.g. 50: an async
+no-op with one Redis call lets one process run many at once, as Taskiq's default
+of 100 concurrent tasks does); the tables name the value used.
+
 Run with the project venv's python (run.py does): the producer submits through
 AsyncClient straight to Redis, one task per call, like the peers' producers; the
 jobs run only in the separate `task-queue worker` processes. Idle workers wait on
@@ -10,6 +14,7 @@ peers run with their logging turned down.
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import time
 
@@ -20,7 +25,7 @@ from task_queue.client import AsyncClient
 from task_queue.config import Settings
 
 QUEUE_SIZE = 100_000_000
-WORKER_COUNT = 10
+WORKER_COUNT = int(os.environ.get("TQ_WORKER_COUNT", "10"))
 
 
 def settings() -> Settings:
