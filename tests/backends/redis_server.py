@@ -41,6 +41,7 @@ class RedisServer:
     """One redis-server process; `url` points at it."""
 
     def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(

@@ -7,12 +7,14 @@ through `launch`. Every process is stopped at teardown, SIGKILL if need be.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.backends.redis_server import REDIS_SERVER, RedisServer
 from tests.e2e.processes import Launcher, TaskQueueProcess
 
 # Short retries keep the retry tests fast; a short drain keeps teardown fast; the
@@ -34,6 +36,22 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
         yield launcher
     finally:
         launcher.stop_all()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone (files in tmp_path/redis): it may stop, pause
+    or restart it, and the default key prefix is its own."""
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip(f"{REDIS_SERVER} is not installed")
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(workdir)
+    try:
+        yield server
+    finally:
+        server.process.send_signal(signal.SIGCONT)  # a test may have paused it
+        server.stop()
 
 
 @pytest.fixture(scope="session")

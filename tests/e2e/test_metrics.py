@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -231,19 +230,6 @@ def test_the_worker_logs_the_request_id_of_the_request_that_made_the_task(
 needs_redis = pytest.mark.skipif(
     not Path(REDIS_SERVER).exists(), reason=f"{REDIS_SERVER} is not installed"
 )
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server this test may stop or pause."""
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(workdir)
-    try:
-        yield server
-    finally:
-        server.process.send_signal(signal.SIGCONT)
-        server.stop()
 
 
 def timed_get(server: TaskQueueProcess, path: str) -> tuple[httpx.Response, float]:

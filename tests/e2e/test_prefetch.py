@@ -13,12 +13,11 @@ from __future__ import annotations
 import collections
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.backends.redis_server import REDIS_SERVER, RedisServer
+from tests.backends.redis_server import RedisServer
 from tests.e2e.processes import Launcher, TaskQueueProcess, wait_for
 
 HANDLER_SECONDS = 3.0
@@ -26,20 +25,12 @@ HAND_BACK_SECONDS = 2.0  # far under LEASE_SECONDS, and under HANDLER_SECONDS
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, object]]:
+def backend_env(request: pytest.FixtureRequest) -> dict[str, object]:
     """The settings of a shared backend: SQLite in DATA_DIR, or a redis-server of this test."""
     if request.param == "sqlite":
-        yield {}
-        return
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip(f"{REDIS_SERVER} is not installed")
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(workdir)
-    try:
-        yield {"QUEUE_BACKEND": "redis", "REDIS_URL": server.url}
-    finally:
-        server.stop()
+        return {}
+    server: RedisServer = request.getfixturevalue("own_redis")
+    return {"QUEUE_BACKEND": "redis", "REDIS_URL": server.url}
 
 
 def started_by(worker: TaskQueueProcess) -> set[str]:

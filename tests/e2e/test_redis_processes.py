@@ -32,19 +32,6 @@ pytestmark = pytest.mark.skipif(
 BATCH = 1000  # the most POST /api/v1/tasks/batch takes
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone, its files in tmp_path/redis."""
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(workdir)
-    server.workdir = workdir  # type: ignore[attr-defined]
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def settings(server: RedisServer, **extra: object) -> dict[str, object]:
     return {
         "QUEUE_BACKEND": "redis",
@@ -124,9 +111,9 @@ def one_task_running(
     ids=str,
 )
 def test_two_apis_and_three_workers_complete_every_task_exactly_once(
-    launch: Launcher, redis_server: RedisServer, tmp_path: Path, count: int
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path, count: int
 ) -> None:
-    env = settings(redis_server, WORKER_COUNT=8, LEASE_SECONDS=10, QUEUE_SIZE=count)
+    env = settings(own_redis, WORKER_COUNT=8, LEASE_SECONDS=10, QUEUE_SIZE=count)
     apis = [launch.start("api", **env) for _ in range(2)]
     workers = [launch.start("worker", **env) for _ in range(3)]
     record = tmp_path / "record.txt"
@@ -166,9 +153,9 @@ def test_two_apis_and_three_workers_complete_every_task_exactly_once(
 
 
 def test_worker_stopped_past_its_lease_has_its_late_result_refused(
-    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=2)
+    env = settings(own_redis, WORKER_COUNT=1, LEASE_SECONDS=2)
     record = tmp_path / "record.txt"
     api, worker_a, task_id = one_task_running(launch, env, record, seconds=1)
     worker_a.signal(signal.SIGSTOP)
@@ -203,7 +190,7 @@ def test_worker_stopped_past_its_lease_has_its_late_result_refused(
 
 
 def test_worker_whose_late_finish_is_refused_does_not_report_the_task_completed(
-    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path
 ) -> None:
     """The refusal path at finish time, made deterministic.
 
@@ -212,12 +199,12 @@ def test_worker_whose_late_finish_is_refused_does_not_report_the_task_completed(
     the refusal comes from the fencing check of finish itself. The lease is made
     to expire early, as after a long pause, by moving its expiry in Redis.
     """
-    env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=30)
+    env = settings(own_redis, WORKER_COUNT=1, LEASE_SECONDS=30)
     record = tmp_path / "record.txt"
     api, worker_a, task_id = one_task_running(launch, env, record, seconds=1)
     worker_a.signal(signal.SIGSTOP)
     try:
-        with redis.Redis.from_url(redis_server.url) as client:
+        with redis.Redis.from_url(own_redis.url) as client:
             client.zadd("{tq}:leased", {task_id: 0})  # the lease ran out long ago
         worker_b = launch.start("worker", **env)
         done = api.wait_final(task_id, seconds=20)
@@ -242,9 +229,9 @@ def test_worker_whose_late_finish_is_refused_does_not_report_the_task_completed(
 
 
 def test_task_of_a_killed_worker_is_completed_once_by_another_after_the_lease(
-    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=2)
+    env = settings(own_redis, WORKER_COUNT=1, LEASE_SECONDS=2)
     record = tmp_path / "record.txt"
     api, victim, task_id = one_task_running(launch, env, record, seconds=3)
     survivor = launch.start("worker", **env)
@@ -265,9 +252,9 @@ def test_task_of_a_killed_worker_is_completed_once_by_another_after_the_lease(
 
 
 def test_sigterm_finishes_the_running_task_and_leaves_nothing_running(
-    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    env = settings(redis_server, WORKER_COUNT=1, LEASE_SECONDS=30)
+    env = settings(own_redis, WORKER_COUNT=1, LEASE_SECONDS=30)
     record = tmp_path / "record.txt"
     api, worker, long_id = one_task_running(launch, env, record, seconds=2)
     waiting = [api.submit("record", {"path": str(record)})["id"] for _ in range(5)]
@@ -361,7 +348,7 @@ class Load:
 
 @contextlib.contextmanager
 def under_load(
-    launch: Launcher, redis_server: RedisServer, tmp_path: Path, lease_seconds: float
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path, lease_seconds: float
 ) -> Iterator[Load]:
     """An API and two workers on Redis, a stream of submits and a backlog: the body is the outage.
 
@@ -369,7 +356,7 @@ def under_load(
     still alive, stop cleanly when told. Leases outlast the outage, so the
     workers keep what they hold and nothing runs twice.
     """
-    env = settings(redis_server, WORKER_COUNT=4, LEASE_SECONDS=lease_seconds)
+    env = settings(own_redis, WORKER_COUNT=4, LEASE_SECONDS=lease_seconds)
     api = launch.start("api", **env)
     workers = [launch.start("worker", **env) for _ in range(2)]
     record = tmp_path / "record.txt"
@@ -396,9 +383,9 @@ def under_load(
 
 
 def test_redis_restart_with_aof_always_loses_no_acknowledged_task(
-    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    with redis.Redis.from_url(redis_server.url) as client:
+    with redis.Redis.from_url(own_redis.url) as client:
         client.config_set("appendfsync", "always")
         client.config_set("appendonly", "yes")
 
@@ -407,54 +394,54 @@ def test_redis_restart_with_aof_always_loses_no_acknowledged_task(
             return bool(info["aof_enabled"]) and not info["aof_rewrite_in_progress"]
 
         wait_for(aof_ready, 10, "the append-only file to be written")
-    with under_load(launch, redis_server, tmp_path, lease_seconds=5) as load:
+    with under_load(launch, own_redis, tmp_path, lease_seconds=5) as load:
         assert stats(load.api)["by_status"]["pending"] > 0  # tasks wait in Redis across it
         # The hardest restart: no chance to flush anything on the way down.
-        redis_server.process.kill()
-        redis_server.process.wait(5)
-        redis_server.process = subprocess.Popen(
+        own_redis.process.kill()
+        own_redis.process.wait(5)
+        own_redis.process = subprocess.Popen(
             [
                 REDIS_SERVER,
-                "--port", str(redis_server.port),
+                "--port", str(own_redis.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "yes",
                 "--appendfsync", "always",
-                "--dir", str(redis_server.workdir),  # type: ignore[attr-defined]
+                "--dir", str(own_redis.workdir),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_for(lambda: _answers_ping(redis_server.port), START_TIMEOUT, "redis to restart")
+        wait_for(lambda: _answers_ping(own_redis.port), START_TIMEOUT, "redis to restart")
 
 
 def test_redis_paused_for_three_seconds_under_load_recovers_by_itself(
-    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    with under_load(launch, redis_server, tmp_path, lease_seconds=10) as load:
-        redis_server.process.send_signal(signal.SIGSTOP)
+    with under_load(launch, own_redis, tmp_path, lease_seconds=10) as load:
+        own_redis.process.send_signal(signal.SIGSTOP)
         try:
             during = len(load.submitter.acknowledged)
             time.sleep(3)  # the pause under test, not a wait for a state
             # Nothing can be acknowledged while Redis is stopped.
             assert len(load.submitter.acknowledged) <= during + 1
         finally:
-            redis_server.process.send_signal(signal.SIGCONT)
+            own_redis.process.send_signal(signal.SIGCONT)
 
 
 # 7. Redis gone for a while -----------------------------------------------------------
 
 
 def test_redis_down_gives_503s_and_workers_wait_for_it_without_crashing(
-    launch: Launcher, redis_server: RedisServer, tmp_path: Path
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    env = settings(redis_server)
+    env = settings(own_redis)
     api = launch.start("api", **env)
     worker = launch.start("worker", **env)
     record = tmp_path / "record.txt"
     body = {"type": "record", "payload": {"path": str(record)}}
-    redis_server.process.kill()
-    redis_server.process.wait(5)
+    own_redis.process.kill()
+    own_redis.process.wait(5)
 
     health = api.http.get("/api/v1/health")
     assert health.status_code == 503
@@ -476,12 +463,12 @@ def test_redis_down_gives_503s_and_workers_wait_for_it_without_crashing(
     assert max(pauses) <= 10.0
     assert worker.popen.poll() is None, worker.stderr()
 
-    redis_server.process = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(redis_server.port), "--bind", "127.0.0.1", "--save", ""],
+    own_redis.process = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(own_redis.port), "--bind", "127.0.0.1", "--save", ""],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for(lambda: _answers_ping(redis_server.port), START_TIMEOUT, "redis to restart")
+    wait_for(lambda: _answers_ping(own_redis.port), START_TIMEOUT, "redis to restart")
     wait_for(lambda: api.http.get("/api/v1/health").status_code == 200, 15, "health again")
     task_id = api.submit("record", {"path": str(record)})["id"]
     assert api.wait_final(task_id, seconds=30)["status"] == "completed"

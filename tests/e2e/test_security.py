@@ -15,27 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.backends.redis_server import REDIS_SERVER, RedisServer
+from tests.backends.redis_server import RedisServer
 from tests.e2e.processes import TASK_QUEUE, Launcher, TaskQueueProcess, process_env
 
 STATS = "/api/v1/stats"
 ALLOWED_ORIGIN = "https://app.example"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone: the API's default prefix has it to itself."""
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip(f"{REDIS_SERVER} is not installed")
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(workdir)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def timed(requests: Iterator[httpx.Response]) -> tuple[list[httpx.Response], float]:
@@ -85,8 +70,8 @@ def test_health_probes_and_preflights_are_never_limited(launch: Launcher) -> Non
     assert api.http.options("/api/v1/tasks", headers=preflight).status_code == 200
 
 
-def test_two_apis_on_one_redis_share_one_limit(launch: Launcher, redis_server: RedisServer) -> None:
-    settings = {"QUEUE_BACKEND": "redis", "REDIS_URL": redis_server.url, "RATE_LIMIT": 10}
+def test_two_apis_on_one_redis_share_one_limit(launch: Launcher, own_redis: RedisServer) -> None:
+    settings = {"QUEUE_BACKEND": "redis", "REDIS_URL": own_redis.url, "RATE_LIMIT": 10}
     apis = [launch.start("api", **settings), launch.start("api", **settings)]
     responses, elapsed = timed(apis[i % 2].http.get(STATS) for i in range(200))
     accepted = [r for r in responses if r.status_code == 200]
@@ -97,11 +82,11 @@ def test_two_apis_on_one_redis_share_one_limit(launch: Launcher, redis_server: R
 
 
 def test_with_redis_gone_requests_go_through_and_one_warning_says_so(
-    launch: Launcher, redis_server: RedisServer
+    launch: Launcher, own_redis: RedisServer
 ) -> None:
-    api = launch.start("api", QUEUE_BACKEND="redis", REDIS_URL=redis_server.url, RATE_LIMIT=0.1)
+    api = launch.start("api", QUEUE_BACKEND="redis", REDIS_URL=own_redis.url, RATE_LIMIT=0.1)
     assert [api.http.get("/openapi.json").status_code for _ in range(2)] == [200, 429]
-    redis_server.stop()
+    own_redis.stop()
     assert [api.http.get("/openapi.json").status_code for _ in range(3)] == [200] * 3
     assert len(api.logs("rate limit off while Redis is unreachable")) == 1
 
