@@ -39,6 +39,7 @@
 --                              delayed); every other status count is a ZCARD
 --   P..workers         hash    worker id -> WorkerInfo JSON
 --   P..wake            channel a message whenever tasks become pending
+--   P..rate:<client>   hash    an HTTP rate-limit bucket (ratelimit.lua says more)
 --
 -- Time never comes from Redis: callers pass `now` (the injected clock).
 
