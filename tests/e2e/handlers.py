@@ -99,3 +99,13 @@ def write_output(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
 def claims_output(payload: dict[str, Any]) -> dict[str, Any]:
     """Names whatever output it is told to, to probe the download endpoint's checks."""
     return {"output": payload["output"]}
+
+
+@task_type("kills_its_worker", max_retries=1)
+async def kills_its_worker(payload: dict[str, Any]) -> None:
+    """Ends its worker process on every attempt, as a crashing C extension would.
+
+    Waits a moment first, so the test sees the worker start before it dies.
+    """
+    await asyncio.sleep(0.5)
+    os._exit(3)

@@ -475,3 +475,26 @@ def test_redis_down_gives_503s_and_workers_wait_for_it_without_crashing(
     assert [ran for ran, _ in record_lines(record)] == [task_id]
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit(15) == 0, worker.stderr()
+
+
+# 8. A task that kills every worker that runs it ----------------------------------------
+
+
+def test_a_task_that_kills_its_worker_every_time_ends_failed(
+    launch: Launcher, own_redis: RedisServer
+) -> None:
+    env = settings(own_redis, WORKER_COUNT=1, LEASE_SECONDS=1)
+    api = launch.start("api", **env)
+    task_id = api.submit("kills_its_worker")["id"]  # max_retries=1: two attempts
+    for attempt in (1, 2):
+        victim = launch.start("worker", **env)
+        assert victim.wait_exit(30) == 3, victim.stderr()
+        assert api.task(task_id)["attempts"] == attempt
+
+    # The next worker's recoverer finds the lease expired and no attempt left.
+    survivor = launch.start("worker", **env)
+    done = api.wait_final(task_id, seconds=30)
+    assert done["status"] == "failed"
+    assert done["attempts"] == 2
+    assert "lease expired" in done["error"]
+    assert survivor.popen.poll() is None, survivor.stderr()
