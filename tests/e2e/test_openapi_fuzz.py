@@ -1,11 +1,13 @@
 """Property-based fuzzing of the real HTTP server from its own OpenAPI spec (schemathesis).
 
 Every operation gets requests generated from the spec, sent over real HTTP to
-`task-queue serve` on SQLite. The spec is built in-process at collection
+`task-queue api` on SQLite. The spec is built in-process at collection
 (schemathesis's lazy fixture loader does not run on pytest 9.2), and a first
-test checks the server serves that very spec. Single calls rarely name a task
-that exists, so a stateful run also chains them: submit, then get, cancel,
-retry and list what was made. Every answer must be declared:
+test checks the server serves that very spec. Real tasks are in the answers
+through the spec's submit examples and the list endpoint. There is no
+stateful (chained) run: its steps depend on what the server answered before,
+which Hypothesis cannot replay, and it ended in FlakyStrategyDefinition about
+one run in five. Every answer must be declared:
 no 5xx, and a status code, content type, headers and body the spec lists for
 that operation. Bounded so the whole run stays well under a minute; set
 FUZZ_EXAMPLES for a longer hunt (docs/api.md).
@@ -45,7 +47,7 @@ FUZZ = settings(
     # round trips and 1000-task batches trip them without anything being wrong.
     suppress_health_check=list(HealthCheck),
 )
-# A backstop per test (one operation, or the chains): each takes a few seconds.
+# A backstop per test: each operation takes a few seconds.
 TIME_BUDGET = pytest.mark.timeout(20 + EXAMPLES)
 CHECKS = [
     not_a_server_error,
@@ -58,6 +60,18 @@ CHECKS = [
 
 SPEC = create_app(AsyncClient(MemoryBackend()), Settings(), Metrics()).openapi()
 schema = schemathesis.openapi.from_dict(SPEC)
+SHORTEST_WAIT = 0.2  # seconds
+
+
+@schema.hook
+def map_query(context: Any, query: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Long-polls cut short: the fuzzed API has no worker, so a `?wait=` on a task
+    waits its whole length (up to 60 s) and would outlast the client's timeout.
+    The spec's bound (422 above 60) is still probed by the values the fuzz draws
+    outside it; a valid wait is sent shorter."""
+    if query and isinstance(query.get("wait"), int | float) and 0 <= query["wait"] <= 60:
+        query["wait"] = min(query["wait"], SHORTEST_WAIT)
+    return query
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +80,7 @@ def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskQueu
 
     Room for a million, so a declared 503 queue_full (which not_a_server_error
     counts as a failure) can only come from a real fault. An API without a
-    worker: the tasks change only through the fuzz's own calls, so Hypothesis
-    can replay a chain and get the same answers (with a worker finishing tasks
-    behind its back, a replay drew other steps and ended in FlakyStrategyDefinition).
+    worker: the fuzz's tasks only change through its own calls.
     """
     launcher = Launcher(Path(tmp_path_factory.mktemp("fuzz-server")))
     try:
@@ -88,19 +100,3 @@ def test_every_answer_is_declared_in_the_spec(
     fuzzed_server: TaskQueueProcess, case: schemathesis.Case
 ) -> None:
     case.call_and_validate(base_url=fuzzed_server.url, checks=CHECKS, timeout=10)
-
-
-@TIME_BUDGET
-def test_chains_of_calls_on_real_tasks_keep_to_the_spec(fuzzed_server: TaskQueueProcess) -> None:
-    """Submit, then get, cancel, retry and list what was made: the answers about real tasks."""
-
-    class Chains(schema.as_state_machine()):
-        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
-            return {"base_url": fuzzed_server.url, "timeout": 10}
-
-        def validate_response(
-            self, response: schemathesis.Response, case: schemathesis.Case, **kwargs: Any
-        ) -> None:
-            case.validate_response(response, checks=CHECKS)
-
-    Chains.run(settings=settings(FUZZ, stateful_step_count=6))
