@@ -31,7 +31,7 @@ import redis
 from starlette.types import Message
 
 import benchmarks.noop_tasks  # noqa: F401 - registers `noop`
-from benchmarks.redis_throughput import start_redis
+from benchmarks.peers.run import start_redis
 from benchmarks.run import http_submit
 from task_queue.api.app import create_app
 from task_queue.backends.memory import MemoryBackend

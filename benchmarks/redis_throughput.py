@@ -1,6 +1,6 @@
 """Redis backend throughput: submits through the Python API, and drain by worker processes.
 
-    .venv/bin/python benchmarks/redis_throughput.py [--tasks 20000] [--workers 1,2]
+    .venv/bin/python -m benchmarks.redis_throughput [--tasks 20000] [--workers 1,2]
         [--worker-count 10] [--prefetch 0]
 
 Starts a throwaway `redis-server --save "" --appendonly no` on a free port
@@ -20,56 +20,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import redis
 
+import benchmarks.noop_tasks  # noqa: F401 - registers `noop`
+from benchmarks.peers.run import start_redis
 from task_queue.backends.redis import RedisBackend
 from task_queue.client import AsyncClient, TaskRequest
 from task_queue.logs import configure
-from task_queue.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMITTERS = 50
 BATCH = 500
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    proc = subprocess.Popen([*argv, "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(200):
-        try:
-            redis.Redis.from_url(url).ping()
-            return proc, url
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"redis-server did not start on port {port}")
-
-
-async def noop(payload: dict[str, Any]) -> None:
-    return None
-
-
-def registry() -> Registry:
-    found = Registry()
-    found.task("noop")(noop)
-    return found
-
-
 async def submit_rate(url: str, prefix: str, tasks: int, *, batched: bool) -> float:
     backend = RedisBackend(url, max_waiting=tasks, prefix=prefix)
     await backend.open()
-    client = AsyncClient(backend, registry=registry())
+    client = AsyncClient(backend)
     request = TaskRequest(type="noop")
     started = time.perf_counter()
     if batched:
@@ -92,7 +64,7 @@ async def drain_rate(url: str, tasks: int, workers: int, args: argparse.Namespac
     redis.Redis.from_url(url).flushall()  # workers use the default prefix
     backend = RedisBackend(url, max_waiting=tasks)
     await backend.open()
-    client = AsyncClient(backend, registry=registry())
+    client = AsyncClient(backend)
     request = TaskRequest(type="noop")
     for first in range(0, tasks, BATCH):
         await client.submit_requests([request] * min(BATCH, tasks - first))
@@ -143,7 +115,7 @@ async def main() -> None:
     args = parser.parse_args()
     configure("warning", "console", None)
     server, url = start_redis()
-    rows: list[tuple[str, Any]] = []
+    rows: list[tuple[str, float]] = []
     try:
         single = await submit_rate(url, "single", args.tasks, batched=False)
         rows.append(("single submits, 50 coroutines", single))
