@@ -10,7 +10,7 @@
 -- final), progress JSON ('' = keep the stored one).
 -- Returns one 1 (stored) or 0 (the token lost the lease) per outcome.
 local W = 11
-local answers, processed, failed = {}, 0, 0
+local answers = {}
 local settled, finals = {}, {completed = {}, failed = {}, cancelled = {}}
 for at = 2, #ARGV, W do
   local id, token = ARGV[at], ARGV[at + 1]
@@ -37,12 +37,6 @@ for at = 2, #ARGV, W do
     else
       index(id, status, cur[3], rank, cur[4], score)
     end
-    if status == 'failed' then
-      failed = failed + 1
-    end
-    if status == 'completed' or status == 'failed' then
-      processed = processed + 1
-    end
     answers[#answers + 1] = 1
   end
 end
@@ -54,6 +48,10 @@ for status, members in pairs(finals) do
     each_chunk('ZADD', P .. 'final:' .. status, members, 2)
   end
 end
+-- Only a worker's outcome completes or fails a task (a store never does), so
+-- processed and failed are counted here alone; cancelled counts in neither.
+local failed = #finals.failed / 2
+local processed = #finals.completed / 2 + failed
 if processed > 0 then
   redis.call('HINCRBY', COUNTS, 'processed', processed)
 end

@@ -107,17 +107,6 @@ local function waiting_count()
   return total
 end
 
--- A final status counts in processed (and failed) once, when first reached;
--- cancelled counts in neither.
-local function count_final(old, new)
-  if FINAL[new] and not FINAL[old] and new ~= 'cancelled' then
-    redis.call('HINCRBY', COUNTS, 'processed', 1)
-    if new == 'failed' then
-      redis.call('HINCRBY', COUNTS, 'failed', 1)
-    end
-  end
-end
-
 -- Due scheduled and retrying tasks become pending, as Task.promoted(now) does:
 -- only status and updated_at change. At most `limit` per call, to bound the
 -- script; `stamp` makes each promoted task's rev new.

@@ -37,6 +37,5 @@ else
   redis.call('HSET', key, 'p', ARGV[11])
 end
 index(id, status, cur[3], ARGV[7], cur[5], ARGV[8])
-count_final(old, status)
 wake()
 return 'ok'
