@@ -138,22 +138,6 @@ async def test_leased_task_returned_is_the_one_stored(
     assert await redis_backend.get(task.id) == expected
 
 
-async def test_idle_worker_is_woken_by_a_submit_from_another_connection(
-    redis_server: RedisServer, redis_backend: RedisBackend, clock: ManualClock, prefix: str
-) -> None:
-    submitter = RedisBackend(redis_server.url, clock=clock, prefix=prefix)
-    await submitter.open()
-    try:
-        await redis_backend.wait_for_work(0)  # subscribes
-        waiting = asyncio.create_task(redis_backend.wait_for_work(30))
-        await asyncio.sleep(0)
-        assert not waiting.done()
-        await submitter.enqueue([make(clock)])
-        await asyncio.wait_for(waiting, 5)
-    finally:
-        await submitter.close()
-
-
 async def test_start_up_warns_that_a_redis_without_persistence_loses_the_queue(
     redis_server: RedisServer, clock: ManualClock, prefix: str
 ) -> None:

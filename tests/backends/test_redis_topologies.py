@@ -179,6 +179,7 @@ def _data_ports(url: str) -> list[int]:
     return [int(port)]
 
 
+@pytest.mark.parametrize("topology_url", ["server", "cluster", "sentinel"], indirect=True)
 async def test_idle_worker_is_woken_by_a_submit_through_another_client(
     topology_url: str, topology_backend: RedisBackend, clock: ManualClock
 ) -> None:
