@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.debian import require
+
 REDIS_SERVER = "/usr/bin/redis-server"
 START_TIMEOUT = 10.0  # seconds for the server to answer PING
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
@@ -41,6 +43,7 @@ class RedisServer:
     """One redis-server process; `url` points at it."""
 
     def __init__(self, workdir: Path) -> None:
+        require(REDIS_SERVER, "redis-server")  # a fresh machine may not have it yet
         self.workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -75,8 +78,6 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A redis-server for the whole test session; tests keep apart by key prefix."""
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip(f"{REDIS_SERVER} is not installed (apt-get install -y redis-server)")
     workdir = Path(tempfile.mkdtemp(prefix="tq-redis-"))
     server = RedisServer(workdir)
     try:

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from tests.backends.redis_server import REDIS_SERVER, START_TIMEOUT, RedisServer, free_port
+from tests.debian import require
 
 REDIS_CLI = "/usr/bin/redis-cli"
 SENTINEL_SERVICE = "mymaster"
@@ -193,9 +194,8 @@ class RedisSentinel:
 
 
 def _needs_redis() -> None:
-    for program in (REDIS_SERVER, REDIS_CLI):
-        if not Path(program).exists():
-            pytest.skip(f"{program} is not installed (apt-get install -y redis-server)")
+    require(REDIS_SERVER, "redis-server")
+    require(REDIS_CLI, "redis-tools")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.deploy.debian import require
+from tests.debian import require
 from tests.deploy.deployment import DOCKER
 from tests.e2e.processes import READY_SECONDS, free_port, wait_for
 

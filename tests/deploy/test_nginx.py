@@ -18,8 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backends.redis_server import REDIS_SERVER, RedisServer
-from tests.deploy.debian import require
+from tests.backends.redis_server import RedisServer
 from tests.deploy.deployment import ROOT
 from tests.deploy.nginx import NGINX_CONF, Nginx
 from tests.e2e.processes import FINAL_STATUSES, READY_SECONDS, Launcher, TaskQueueProcess, wait_for
@@ -40,7 +39,6 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require(REDIS_SERVER, "redis-server")
     base = tmp_path_factory.mktemp("nginx-stack")
     redis = RedisServer(base)
     launcher = Launcher(base)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.backends.redis_server import REDIS_SERVER, RedisServer
+from tests.backends.redis_server import RedisServer
 from tests.e2e.processes import Launcher, TaskQueueProcess
 
 # Short retries keep the retry tests fast; a short drain keeps teardown fast; the
@@ -42,8 +42,6 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test alone (files in tmp_path/redis): it may stop, pause
     or restart it, and the default key prefix is its own."""
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip(f"{REDIS_SERVER} is not installed")
     workdir = tmp_path / "redis"
     workdir.mkdir()
     server = RedisServer(workdir)

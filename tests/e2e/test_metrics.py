@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.backends.redis_server import REDIS_SERVER, RedisServer
+from tests.backends.redis_server import RedisServer
 from tests.e2e.processes import Launcher, TaskQueueProcess, free_port, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -227,11 +226,6 @@ def test_the_worker_logs_the_request_id_of_the_request_that_made_the_task(
     assert submitted["request_id"] == "trace-42"
 
 
-needs_redis = pytest.mark.skipif(
-    not Path(REDIS_SERVER).exists(), reason=f"{REDIS_SERVER} is not installed"
-)
-
-
 def timed_get(server: TaskQueueProcess, path: str) -> tuple[httpx.Response, float]:
     started = time.monotonic()
     response = server.http.get(path)
@@ -244,7 +238,6 @@ def redis_api(launch: Launcher, redis: RedisServer) -> TaskQueueProcess:
     return server
 
 
-@needs_redis
 def test_health_is_503_soon_after_redis_stops_while_live_stays_200(
     launch: Launcher, own_redis: RedisServer
 ) -> None:
@@ -264,7 +257,6 @@ def test_health_is_503_soon_after_redis_stops_while_live_stays_200(
     assert seconds < SLACK_SECONDS
 
 
-@needs_redis
 def test_a_hung_redis_fails_health_within_its_timeout_and_metrics_still_answer(
     launch: Launcher, own_redis: RedisServer
 ) -> None:

@@ -25,10 +25,6 @@ import redis
 from tests.backends.redis_server import REDIS_SERVER, START_TIMEOUT, RedisServer, _answers_ping
 from tests.e2e.processes import Launcher, TaskQueueProcess, wait_for
 
-pytestmark = pytest.mark.skipif(
-    not Path(REDIS_SERVER).exists(), reason=f"{REDIS_SERVER} is not installed"
-)
-
 BATCH = 1000  # the most POST /api/v1/tasks/batch takes
 
 

@@ -1,4 +1,4 @@
-"""Debian packages the deployment tests run for real, installed when missing.
+"""Debian packages the tests run for real (redis-server, redis-cli, nginx), installed when missing.
 
 A fresh machine or CI clone has only what the project's files install: nginx
 and redis-server come from apt here, as root, the first time a test needs them.
