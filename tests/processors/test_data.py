@@ -21,7 +21,7 @@ from task_queue.backends.memory import MemoryBackend
 from task_queue.config import Settings
 from task_queue.errors import PermanentError, Retry
 from task_queue.logs import get_logger
-from task_queue.processors import csv_ops
+from task_queue.processors import csv_ops, data
 from task_queue.processors.data import CHECKPOINT_ROWS, DataPayload, process_csv, run_pipeline
 from task_queue.processors.urls import UnsafeURL
 from task_queue.registry import TaskContext, default_registry
@@ -541,6 +541,17 @@ async def test_csv_url_that_is_not_utf8_is_a_permanent_error(
     (served / "latin1.csv").write_bytes("name\nJos\xe9\n".encode("latin-1"))
     with pytest.raises(PermanentError, match="not UTF-8"):
         await run(csv_url=f"{base_url}/latin1.csv")
+
+
+async def test_csv_url_over_the_size_limit_is_a_permanent_error_and_leaves_no_file(
+    run: Run, static_server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "CSV_MAX_BYTES", 100)  # the real cap is 1 GiB
+    base_url, served = static_server
+    (served / "big.csv").write_text("n\n" + "12345\n" * 100, encoding="utf-8")
+    with pytest.raises(PermanentError, match=r"csv_url: .*over the 100"):
+        await run(csv_url=f"{base_url}/big.csv")
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 async def test_csv_url_answering_404_is_a_permanent_error(

@@ -34,7 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from task_queue.errors import PermanentError
 from task_queue.processors import csv_ops
 from task_queue.processors.csv_ops import Operation, Table, as_number
-from task_queue.processors.urls import UnsafeURL, check_download, guarded_request, parse_http_url
+from task_queue.processors.urls import (
+    UnsafeURL,
+    check_download,
+    guarded_request,
+    limited_chunks,
+    parse_http_url,
+)
 from task_queue.registry import TaskContext, default_registry
 
 CSV_MAX_BYTES = 1024 * 1024 * 1024
@@ -328,13 +334,10 @@ async def _download(ctx: TaskContext, url: str, path: Path) -> None:
         timeout=DOWNLOAD_TIMEOUT_SECONDS,
     ) as response:
         check_download(response, "csv_url")
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > CSV_MAX_BYTES:
-            raise PermanentError(f"csv_url: {declared} bytes, over the {CSV_MAX_BYTES:,} limit")
-        received = 0
+        chunks = limited_chunks(response, CSV_MAX_BYTES, DOWNLOAD_CHUNK_BYTES)
         with await asyncio.to_thread(path.open, "wb") as file:
-            async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK_BYTES):
-                received += len(chunk)
-                if received > CSV_MAX_BYTES:
-                    raise PermanentError(f"csv_url: over the {CSV_MAX_BYTES:,} byte limit")
-                await asyncio.to_thread(file.write, chunk)
+            try:
+                async for chunk in chunks:
+                    await asyncio.to_thread(file.write, chunk)
+            except PermanentError as exc:
+                raise PermanentError(f"csv_url: {exc}") from None

@@ -217,25 +217,30 @@ async def _send_to_first(
     raise failure
 
 
-async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
-    """The body, refusing (PermanentError) one larger than max_bytes.
+async def limited_chunks(
+    response: httpx.Response, max_bytes: int, chunk_size: int | None = None
+) -> AsyncIterator[bytes]:
+    """The body a chunk at a time, refusing (PermanentError) one larger than max_bytes.
 
     Content-Length is checked first, then the bytes are counted while streaming,
-    decoded (after gzip/deflate), since that is what fills memory.
+    decoded (after gzip/deflate), since that is what fills memory or disk.
     """
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise PermanentError(
             f"response body is {int(declared)} bytes (Content-Length), over the {max_bytes} limit"
         )
-    chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_bytes(chunk_size):
         size += len(chunk)
         if size > max_bytes:
             raise PermanentError(f"response body is over the {max_bytes} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_limited(response: httpx.Response, max_bytes: int) -> bytes:
+    """The body, refusing (PermanentError) one larger than max_bytes."""
+    return b"".join([chunk async for chunk in limited_chunks(response, max_bytes)])
 
 
 def check_download(response: httpx.Response, field: str) -> None:
