@@ -5,8 +5,9 @@
 
 Tasks are submitted through AsyncClient at `--rate` per second while a
 WorkerServer runs them; each handler notes how long after its submit it
-started. Idle workers block on the backend's wake-up (an event in process,
-pub/sub on Redis), so this measures that path, not a polling interval.
+started. Idle workers block on the backend (an event in process; on Redis a
+BLPOP on the worker's inbox, where the submit's script hands it the task), so
+this measures that path, not a polling interval.
 """
 
 from __future__ import annotations

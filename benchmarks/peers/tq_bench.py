@@ -7,8 +7,8 @@ of 100 concurrent tasks does); the tables name the value used.
 Run with the project venv's python (run.py does): the producer submits through
 AsyncClient straight to Redis, one task per call, like the peers' producers; the
 jobs run only in the separate `task-queue worker` processes. Idle workers wait on
-the backend's wake-up (pub/sub), not on a polling sleep. LOG_LEVEL=warning, as the
-peers run with their logging turned down.
+the backend (a BLPOP on their inbox, filled by the submit itself), not on a
+polling sleep. LOG_LEVEL=warning, as the peers run with their logging turned down.
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from task_queue._clock import ManualClock
-from task_queue.backends.redis import SCRIPTS, RedisBackend, load_script
+from task_queue.backends.redis import PARK_SECONDS, SCRIPTS, RedisBackend, load_script
 from task_queue.backends.redis_codec import ready_rank
 from task_queue.errors import BackendUnavailable, LeaseLost
 from task_queue.task import Task, TaskStatus
+from tests.backends.parking import park
 from tests.backends.redis_server import RedisServer
 
 LEASE = 30.0
@@ -307,3 +308,90 @@ async def test_a_redis_password_never_reaches_an_error_message(clock: ManualCloc
     for raised in (not_open, unreachable):
         assert "s3cret-pw" not in str(raised.value)
         assert f"127.0.0.1:{port}" in str(raised.value)
+
+
+# -- parked workers: a task handed over in the submit's own script ---------------------
+
+
+async def test_a_parked_worker_is_handed_the_best_task_and_only_one_per_free_slot(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    waiting = await park(redis_backend, "w", limit=2)
+    low, high, middle = make(clock, 0), make(clock, 9), make(clock, 5)
+    await redis_backend.enqueue([low, high, middle])
+    first = await asyncio.wait_for(waiting, 5)
+    # One task comes with the wait; the second handed waits in the inbox for the next dequeue.
+    rest = await redis_backend.dequeue(["default"], 1, worker_id="w", lease_seconds=LEASE)
+    assert [t.id for t in first + rest] == [high.id, middle.id]
+    assert (await redis_backend.get(low.id)).status is TaskStatus.PENDING
+
+
+async def test_a_worker_parked_on_one_queue_is_not_handed_another_queues_task(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    waiting = await park(redis_backend, "w", queues=["mail"], timeout=0.3)
+    other = make(clock, queue="images")
+    await redis_backend.enqueue([other])
+    assert await asyncio.wait_for(waiting, 5) == []
+    assert (await redis_backend.get(other.id)).status is TaskStatus.PENDING
+
+
+async def test_a_worker_parked_on_every_queue_takes_a_queue_new_since_it_parked(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    waiting = await park(redis_backend, "w", queues=[])
+    fresh = make(clock, queue="brand-new")
+    await redis_backend.enqueue([fresh])
+    assert [t.id for t in await asyncio.wait_for(waiting, 5)] == [fresh.id]
+
+
+async def test_a_park_that_expired_is_handed_nothing(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    """A worker that died parked stops taking tasks once its park runs out."""
+    waiting = await park(redis_backend, "w", timeout=0.3)
+    clock.advance(PARK_SECONDS + 1)
+    task = make(clock)
+    await redis_backend.enqueue([task])
+    assert await asyncio.wait_for(waiting, 5) == []
+    [taken] = await redis_backend.dequeue(["default"], 1, worker_id="v", lease_seconds=LEASE)
+    assert taken.id == task.id
+
+
+async def test_promoted_tasks_go_to_a_parked_worker_and_a_handed_back_one_wakes_it(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    later = make(clock, run_at=clock.now() + 1)
+    await redis_backend.enqueue([later])
+    waiting = await park(redis_backend, "w")  # parked for PARK_SECONDS of this clock
+    clock.advance(1)
+    assert await redis_backend.promote_due() == 1
+    [handed] = await asyncio.wait_for(waiting, 5)
+    assert handed.id == later.id
+    # A hand-back (finish, which has no time to lease by) ends the wait instead.
+    waiting = await park(redis_backend, "v")
+    await redis_backend.finish(handed.released(clock.now()), handed.lease_token or "")
+    assert await asyncio.wait_for(waiting, 5) == []
+    [again] = await redis_backend.dequeue(["default"], 1, worker_id="v", lease_seconds=LEASE)
+    assert again.id == later.id
+
+
+async def test_stop_waiting_ends_the_wait_and_returns_what_was_handed_but_not_taken(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    waiting = await park(redis_backend, "w", limit=3)
+    tasks = [make(clock) for _ in range(2)]
+    await redis_backend.enqueue(tasks)
+    first = await asyncio.wait_for(waiting, 5)
+    left = await redis_backend.stop_waiting("w")
+    assert [t.id for t in first + left] == [t.id for t in tasks]
+    assert left[0].lease_token
+    assert left[0].status is TaskStatus.RUNNING
+    # Stopped: a later submit stays pending, and a wait still blocked ends at once.
+    later = make(clock)
+    await redis_backend.enqueue([later])
+    assert (await redis_backend.get(later.id)).status is TaskStatus.PENDING
+    await redis_backend.dequeue(["default"], 1, worker_id="y", lease_seconds=LEASE)
+    waiting = await park(redis_backend, "x", limit=1)
+    assert await redis_backend.stop_waiting("x") == []
+    assert await asyncio.wait_for(waiting, 5) == []

@@ -2,13 +2,12 @@
 
 The conformance suite runs on both topologies already (the `backend` fixture);
 these tests cover the URL forms, the no-resend rule on every topology, scripts
-and wake-ups across cluster nodes, and one prefix living on one node.
+and hand-overs to parked workers across cluster nodes, and one prefix living on one node.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import defaultdict
@@ -24,6 +23,7 @@ from task_queue.backends.redis import RedisBackend
 from task_queue.backends.redis_connect import RedisAddress, connect, parse_redis_url, redacted
 from task_queue.errors import BackendUnavailable, ConfigError
 from task_queue.task import Task, TaskStatus
+from tests.backends.parking import park
 from tests.backends.redis_server import RedisServer
 from tests.backends.redis_topologies import RedisCluster, RedisSentinel
 
@@ -180,20 +180,24 @@ def _data_ports(url: str) -> list[int]:
 
 
 @pytest.mark.parametrize("topology_url", ["server", "cluster", "sentinel"], indirect=True)
-async def test_idle_worker_is_woken_by_a_submit_through_another_client(
+async def test_a_parked_worker_is_handed_the_task_leased_by_the_submit_itself(
     topology_url: str, topology_backend: RedisBackend, clock: ManualClock
 ) -> None:
     submitter = RedisBackend(topology_url, clock=clock, prefix=topology_backend.prefix)
     await submitter.open()
     try:
-        await topology_backend.wait_for_work(0)  # subscribes
-        waiting = asyncio.create_task(topology_backend.wait_for_work(30))
-        await asyncio.sleep(0)
-        assert not waiting.done()
-        await submitter.enqueue([make(clock)])
-        await asyncio.wait_for(waiting, 5)
+        waiting = await park(topology_backend, "w")
+        [submitted] = await submitter.enqueue([make(clock)])
+        [handed] = await asyncio.wait_for(waiting, 5)
     finally:
         await submitter.close()
+    assert handed.id == submitted.task.id
+    assert (handed.status, handed.attempts, handed.worker_id) == (TaskStatus.RUNNING, 1, "w")
+    assert handed.lease_expires_at == pytest.approx(clock.now() + LEASE)
+    assert await topology_backend.get(handed.id) == handed
+    done = handed.completed({"ok": 1}, clock.now())
+    await topology_backend.finish(done, handed.lease_token or "")
+    assert (await topology_backend.get(handed.id)).status is TaskStatus.COMPLETED
 
 
 async def test_start_up_reads_the_persistence_settings_of_the_server_holding_the_prefix(
@@ -283,7 +287,7 @@ async def test_after_a_sentinel_failover_the_backend_works_on_the_new_primary(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     """Calls in flight may fail (BackendUnavailable, never resent); the next ones reach
-    the promoted replica, and idle workers are woken again."""
+    the promoted replica, and parked workers are handed tasks again."""
     sentinel = RedisSentinel(tmp_path, replica=True)
     worker = RedisBackend(sentinel.url, clock=clock, prefix="failover")
     submitter = RedisBackend(sentinel.url, clock=clock, prefix="failover")
@@ -291,7 +295,6 @@ async def test_after_a_sentinel_failover_the_backend_works_on_the_new_primary(
         await worker.open()
         await submitter.open()
         [before] = await submitter.enqueue([make(clock)])
-        await worker.wait_for_work(0)  # subscribes on the old primary
         promoted = sentinel.failover()
 
         async def enqueue_once_reachable() -> Task:
@@ -308,12 +311,9 @@ async def test_after_a_sentinel_failover_the_backend_works_on_the_new_primary(
         assert sentinel.primary_port() == promoted
         leased = await worker.dequeue(["default"], 5, worker_id="w", lease_seconds=LEASE)
         assert {t.id for t in leased} == {before.task.id, after.id}
-        with contextlib.suppress(BackendUnavailable):
-            await worker.wait_for_work(0)  # the old subscription may be gone: subscribes anew
-        waiting = asyncio.create_task(worker.wait_for_work(30))
-        await asyncio.sleep(0)
-        await enqueue_once_reachable()
-        await asyncio.wait_for(waiting, 5)
+        waiting = await park(worker, "w")
+        handed = await enqueue_once_reachable()
+        assert [t.id for t in await asyncio.wait_for(waiting, 5)] == [handed.id]
     finally:
         await worker.close()
         await submitter.close()

@@ -224,7 +224,8 @@ async def test_idle_wait_is_capped_by_the_poll_interval(db: Path, clock: ManualC
     await backend.open()
     try:
         # Submits from other processes set no event here; only polling notices them.
-        await asyncio.wait_for(backend.wait_for_work(timeout=3600), timeout=5)
+        waiting = backend.wait_for_work(3600, worker_id="w", queues=[], limit=1, lease_seconds=30)
+        assert await asyncio.wait_for(waiting, timeout=5) == []
     finally:
         await backend.close()
 

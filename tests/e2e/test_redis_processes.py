@@ -274,6 +274,40 @@ def test_sigterm_finishes_the_running_task_and_leaves_nothing_running(
     assert seen == collections.Counter([long_id, *waiting])
 
 
+def parked_workers(server: RedisServer) -> int:
+    """Workers parked now: those whose park has not run out."""
+    with redis.Redis(port=server.port) as client:
+        return int(client.zcount("{tq}:parked", time.time(), "+inf"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_an_idle_worker_that_stops_is_handed_nothing_more(
+    launch: Launcher, own_redis: RedisServer, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """An idle worker is parked: submits hand it tasks directly. Once it stops
+    (SIGTERM takes it off; after kill -9 its park runs out), a submit stays pending
+    for the next worker instead of waiting 30 s for a dead worker's lease."""
+    env = settings(own_redis, LEASE_SECONDS=30)
+    record = tmp_path / "record.txt"
+    api = launch.start("api", **env)
+    worker = launch.start("worker", **env)
+    wait_for(lambda: parked_workers(own_redis) == 1, 10, "the idle worker parked")
+    first = api.submit("record", {"path": str(record)})["id"]
+    assert api.wait_final(first, seconds=10)["status"] == "completed"
+
+    worker.signal(sig)
+    worker.wait_exit(15)
+    if sig is signal.SIGKILL:
+        wait_for(lambda: parked_workers(own_redis) == 0, 10, "the killed worker's park to end")
+    assert parked_workers(own_redis) == 0
+    later = api.submit("record", {"path": str(record)})["id"]
+    assert api.task(later)["status"] == "pending"
+
+    survivor = launch.start("worker", **env)
+    assert api.wait_final(later, seconds=10)["status"] == "completed"
+    assert record_lines(record) == [(first, worker.pid), (later, survivor.pid)]
+
+
 # 5 and 6. Redis restarted or paused under load --------------------------------------
 
 

@@ -228,8 +228,28 @@ class Backend(abc.ABC):
         """Delete completed and cancelled tasks that finished before `before`."""
 
     @abc.abstractmethod
-    async def wait_for_work(self, timeout: float) -> None:
+    async def wait_for_work(
+        self,
+        timeout: float,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Task]:
         """Return when tasks may have become due, or after `timeout` seconds.
 
-        A hint for idle workers, never a guarantee: callers dequeue afterwards.
+        An idle worker calls it after a dequeue that found nothing. A backend may
+        hand the worker up to `limit` tasks from `queues` while it waits, leased
+        as dequeue() leases them, and return them (Redis does: it saves the
+        worker a round trip). Else it returns none: a hint, never a guarantee,
+        and the caller dequeues afterwards.
+        """
+
+    @abc.abstractmethod
+    async def stop_waiting(self, worker_id: str) -> list[Task]:
+        """The worker stops for good: end its wait_for_work soon and hand it nothing more.
+
+        Returns tasks handed to it that it has not received; they are leased to
+        it, and the caller hands them back.
         """

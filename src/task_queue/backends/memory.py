@@ -278,14 +278,27 @@ class MemoryBackend(Backend):
                 self._idempotency.pop(task.idempotency_key, None)
         return len(doomed)
 
-    async def wait_for_work(self, timeout: float) -> None:
+    async def wait_for_work(
+        self,
+        timeout: float,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Task]:
         if self._delayed:
             timeout = max(0.0, min(timeout, self._delayed[0][0] - self.clock.now()))
         try:
             await asyncio.wait_for(self._work.wait(), timeout)
         except TimeoutError:
-            return
+            return []
         self._work.clear()
+        return []
+
+    async def stop_waiting(self, worker_id: str) -> list[Task]:
+        self._work.set()  # a wake-up for nothing: the waiter returns, the pool stops
+        return []
 
 
 def _matches(task: Task, filter: TaskFilter) -> bool:

@@ -30,14 +30,12 @@ import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
 from importlib import resources
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
-from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
 from task_queue._clock import Clock
@@ -77,10 +75,15 @@ SCRIPTS = (
     "purge",
     "stats",
     "ratelimit",
+    "unpark",
 )
 # Scripts whose calls of one tick become one call: each caller's arguments are a
 # group of their own and the script answers one value per group.
 MERGED = frozenset({"enqueue", "finish"})
+# How long a parked worker may be handed tasks without parking again; it parks anew
+# after every wait (at most IDLE_POLL_SECONDS), so this bounds what a worker that
+# died while parked can be handed: those tasks come back when their lease expires.
+PARK_SECONDS = 3.0
 PROMOTE_BATCH = 1000  # tasks one script call promotes, so no call blocks Redis for long
 PURGE_BATCH = 1000
 LIST_CHUNK = 200  # task ids read per round trip while listing with a filter
@@ -212,8 +215,10 @@ class RedisBackend(Backend):
         self._redis: aioredis.Redis | None = None
         self._connection: RedisConnection | None = None
         self._scripts: dict[str, AsyncScript] = {}
-        self._pubsub: PubSub | None = None
         self._batcher = _Batcher(self)
+        # run_at of the first delayed task, as the last dequeue that found nothing saw
+        # it: a wait for work ends by then (promotion happens in the next dequeue).
+        self._next_due: float | None = None
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -312,10 +317,6 @@ class RedisBackend(Backend):
         return server
 
     async def close(self) -> None:
-        if self._pubsub is not None:
-            with suppress(redis_errors.RedisError):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-            self._pubsub = None
         if self._connection is not None:
             await self._connection.aclose()
             self._connection = self._redis = None
@@ -331,7 +332,7 @@ class RedisBackend(Backend):
         if not tasks:
             return []
         # All or none for this call; the calls of one tick share one script call.
-        args: list[Any] = [self.max_waiting, len(tasks)]
+        args: list[Any] = [self.max_waiting, repr(self.clock.now()), len(tasks)]
         for task in tasks:
             args += codec.enqueue_args(task)
         answer = await self._batcher.call("enqueue", args)
@@ -354,18 +355,44 @@ class RedisBackend(Backend):
     ) -> list[Task]:
         if limit <= 0:
             return []
+        # Through the batcher: the finishes that freed these slots go in the same write.
+        args = self._dequeue_args(queues, limit, worker_id, lease_seconds, parked_until="")
+        handed, taken, due = await self._batcher.call("dequeue", args)
+        self._next_due = float(due) if due else None
+        return self._leased(args, worker_id, handed, taken)
+
+    def _dequeue_args(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker_id: str,
+        lease_seconds: float,
+        *,
+        parked_until: str,
+    ) -> list[Any]:
         now = self.clock.now()
         names = list(dict.fromkeys(queues))  # a name twice would pop a stale head
         tokens = [new_lease_token() for _ in range(limit)]
         at, expires = repr(now), repr(now + lease_seconds)
-        # Through the batcher: the finishes that freed these slots go in the same write.
-        head = [at, expires, worker_id, limit, new_lease_token(), len(names), *names]
-        answer = await self._batcher.call("dequeue", [*head, *tokens])
-        lease = {"s": "running", "x": expires, "w": worker_id, "n": at, "u": at}
         return [
-            codec.decode({**lease, "l": token, **codec.present(found)})
-            for token, found in zip(tokens, answer, strict=False)
+            *(at, expires, worker_id, limit, new_lease_token(), repr(lease_seconds)),
+            *(parked_until, len(names), *names, *tokens),
         ]
+
+    @staticmethod
+    def _leased(
+        args: Sequence[Any], worker_id: str, handed: Sequence[str], taken: Sequence[Any]
+    ) -> list[Task]:
+        """dequeue.lua's answer as tasks: the handed ones, then those leased with `args`."""
+        tasks = [codec.decode_handed(item, worker_id) for item in handed]
+        at, expires = args[0], args[1]
+        lease = {"s": "running", "x": expires, "w": worker_id, "n": at, "u": at}
+        tokens = args[-args[3] :]
+        tasks += [
+            codec.decode({**lease, "l": token, **codec.present(found)})
+            for token, found in zip(tokens, taken, strict=False)
+        ]
+        return tasks
 
     async def finish(self, task: Task, token: str) -> None:
         """finish.lua (token check + `Task.settled_over`), in one call with the other
@@ -493,34 +520,59 @@ class RedisBackend(Backend):
             finished_last_minute=int(completed) + int(failed),
         )
 
-    async def wait_for_work(self, timeout: float) -> None:
-        """Block on the wake channel (published by the scripts) until a message or the timeout.
+    async def wait_for_work(
+        self,
+        timeout: float,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Task]:
+        """Park the worker and block on its inbox: a task that becomes pending is handed
+        to it there, leased already, in the one hop from the submit (lib.lua's feed).
 
-        The subscription is kept between calls, so a wake-up published while the
-        worker was busy is buffered on the connection and ends the next wait at
-        once. The wait is cut short when a delayed task falls due before then.
+        The park is dequeue.lua with a parked-until, sent in one pipeline with the
+        BLPOP: a task that arrived since the caller's last dequeue is taken by the
+        park itself, which then ends the BLPOP at once. The wait ends early when a
+        delayed task falls due, so the next dequeue promotes it.
         """
-        if self._pubsub is None:
-            if self._connection is None:
-                raise BackendUnavailable(f"Redis backend {self._shown_url} is not open")
-            subscribe = functools.partial(self._connection.subscribe, f"{self._p}wake")
-            subscribed: PubSub = await self._guard(subscribe)
-            self._pubsub = subscribed
-        key = f"{self._p}delayed"
-        due = await self._guard(lambda: self._client.zrange(key, 0, 0, withscores=True))
-        if due:
-            timeout = max(0.0, min(timeout, float(due[0][1]) - self.clock.now()))
-        pubsub = self._pubsub
-        try:
-            message = await self._guard(lambda: pubsub.get_message(timeout=timeout))
-            while message is not None:  # drain wake-ups that piled up: one dequeue serves them
-                message = await self._guard(lambda: pubsub.get_message(timeout=0.0))
-        except BackendUnavailable:
-            # Subscribe anew next time: on a cluster the slot may have moved to another primary.
-            self._pubsub = None
-            with suppress(redis_errors.RedisError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            raise
+        if self._next_due is not None:
+            timeout = min(timeout, self._next_due - self.clock.now())
+        if timeout < 0.001 or limit <= 0:  # BLPOP would take 0 as "forever"
+            return []
+        until = repr(self.clock.now() + PARK_SECONDS)
+        args = self._dequeue_args(queues, limit, worker_id, lease_seconds, parked_until=until)
+        inbox = f"{self._p}inbox:{worker_id}"
+
+        async def park_and_wait() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            sha = self._scripts["dequeue"].sha
+            pipe.execute_command("EVALSHA", sha, 1, self._counts, self._p, *args)
+            pipe.blpop([inbox], timeout)
+            answers: list[Any] = await pipe.execute(raise_on_error=False)
+            # A cluster pipeline answers a lost connection per call instead of raising it.
+            if lost := next((a for a in answers if isinstance(a, _UNREACHABLE)), None):
+                raise lost
+            return answers
+
+        parked, popped = await self._guard(park_and_wait)
+        if isinstance(popped, Exception):
+            raise popped
+        tasks = [codec.decode_handed(popped[1], worker_id)] if popped and popped[1] else []
+        if isinstance(parked, redis_errors.NoScriptError):  # Redis restarted: nothing parked
+            source = self._scripts["dequeue"].script
+            await self._guard(functools.partial(self._client.script_load, source))
+        elif isinstance(parked, Exception):
+            raise parked
+        else:
+            self._next_due = float(parked[2]) if parked[2] else None
+            tasks = self._leased(args, worker_id, parked[0], parked[1]) + tasks
+        return tasks
+
+    async def stop_waiting(self, worker_id: str) -> list[Task]:
+        handed = await self._script("unpark", worker_id)
+        return [codec.decode_handed(item, worker_id) for item in handed]
 
     async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
         """Newest first by submit sequence; the cursor is the sequence of the last task given.

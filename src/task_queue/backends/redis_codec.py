@@ -74,6 +74,17 @@ def decode(raw: Mapping[str, str]) -> Task:
     return Task.restore(values)
 
 
+def decode_handed(item: str, worker_id: str) -> Task:
+    """A task handed to a parked worker: an inbox item of lib.lua's feed, leased to it."""
+    token, expires, now, cancel, progress, doc = item.split("\n", 5)
+    raw = {"d": doc, "s": "running", "l": token, "x": expires, "w": worker_id, "n": now, "u": now}
+    if cancel:
+        raw["c"] = cancel
+    if progress:
+        raw["p"] = progress
+    return decode(raw)
+
+
 def enqueue_args(task: Task) -> list[str | bytes]:
     """enqueue.lua's 9 arguments for one new task."""
     return [

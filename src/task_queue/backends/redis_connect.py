@@ -28,7 +28,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
@@ -259,21 +258,6 @@ class RedisConnection:
             server = aioredis.Redis(host=node.host, port=int(node.port), **self._node_kwargs)
             self._servers[node.name] = server
         return server
-
-    async def subscribe(self, channel: str) -> PubSub:
-        """A subscription to `channel`, on the server that holds it.
-
-        redis-py's asyncio RedisCluster has no pub/sub, so on a cluster this is a
-        plain connection to the slot's primary: a classic PUBLISH reaches every
-        node of the cluster, and the channel's hash tag puts a sharded one there.
-        """
-        pubsub = (await self.server_for(channel)).pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(channel)
-        except BaseException:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-            raise
-        return pubsub
 
     async def aclose(self) -> None:
         clients: Sequence[Any] = [

@@ -453,7 +453,15 @@ class SQLiteBackend(Backend):
         sql = "DELETE FROM tasks WHERE status IN ('completed', 'cancelled') AND completed_at < ?"
         return await self._write(lambda txn: txn.conn.execute(sql, (before,)).rowcount)
 
-    async def wait_for_work(self, timeout: float) -> None:
+    async def wait_for_work(
+        self,
+        timeout: float,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Task]:
         timeout = min(timeout, self.poll_interval)
         next_due = await self._read(lambda conn: schema.scalar(conn, schema.NEXT_DUE))
         if next_due is not None:
@@ -461,6 +469,11 @@ class SQLiteBackend(Backend):
         with suppress(TimeoutError):
             await asyncio.wait_for(self._work.wait(), timeout)
             self._work.clear()
+        return []
+
+    async def stop_waiting(self, worker_id: str) -> list[Task]:
+        self._work.set()  # a wake-up for nothing: the waiter returns, the pool stops
+        return []
 
     async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
         """Last in the class: `list` would otherwise shadow the builtin in later annotations."""

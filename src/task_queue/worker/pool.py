@@ -94,6 +94,7 @@ class WorkerPool:
         self._interrupts: dict[str, Interrupt] = {}
         self._executions: set[asyncio.Task[None]] = set()  # handlers, acks and hand-backs
         self._wake = asyncio.Event()  # a slot or buffer place freed, or stop() was called
+        self._waiter: asyncio.Future[list[Task]] | None = None  # wait_for_work, once idle
         self._stopping = asyncio.Event()
         # Redirects are not followed: a URL checked as public could redirect inward.
         self.http = httpx.AsyncClient(follow_redirects=False, timeout=HTTP_TIMEOUT_SECONDS)
@@ -124,6 +125,8 @@ class WorkerPool:
                 tasks = await self.backend.dequeue(
                     self.queues, room, worker_id=self.worker_id, lease_seconds=self.lease_seconds
                 )
+                if not tasks:
+                    tasks = await self._idle(room)
             except BackendUnavailable as exc:
                 failures += 1
                 pause = min(0.1 * 2**failures, 10.0)
@@ -131,25 +134,60 @@ class WorkerPool:
                 await self._until(self._stopping, pause)
                 continue
             failures = 0
-            for task in tasks:
-                self._held[task.id] = task.lease_token or ""
-                self._buffer[task.id] = task
-                self._lease_until[task.id] = asked_at + self.lease_seconds
+            self._take(tasks, asked_at)
             self._start_buffered()
-            if not tasks:
-                await self._idle()
+        await self._end_waiting()
         await self._hand_back_buffer()
+
+    def _take(self, tasks: Sequence[Task], asked_at: float) -> None:
+        """Buffer tasks leased to the pool; their lease runs at least until asked_at + lease."""
+        for task in tasks:
+            self._held[task.id] = task.lease_token or ""
+            self._buffer[task.id] = task
+            self._lease_until[task.id] = asked_at + self.lease_seconds
 
     async def _until(self, event: asyncio.Event, timeout: float | None = None) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
-    async def _idle(self) -> None:
-        waiter = asyncio.ensure_future(self.backend.wait_for_work(IDLE_POLL_SECONDS))
+    async def _idle(self, room: int) -> list[Task]:
+        """Wait for work; the tasks the backend handed over meanwhile (leased to the pool).
+
+        A wait cut short by stop() is left running: _end_waiting ends it through the
+        backend and takes what it was handed, rather than cancel it mid-reply.
+        """
+        self._waiter = asyncio.ensure_future(
+            self.backend.wait_for_work(
+                IDLE_POLL_SECONDS,
+                worker_id=self.worker_id,
+                queues=self.queues,
+                limit=room,
+                lease_seconds=self.lease_seconds,
+            )
+        )
         stopper = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+        await asyncio.wait({self._waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
+        if not self._waiter.done():
+            return []
+        waiter, self._waiter = self._waiter, None
+        return waiter.result()
+
+    async def _end_waiting(self) -> None:
+        """Tell the backend the pool takes no more tasks, and buffer (to hand them back)
+        those it was handed meanwhile."""
+        now = self._clock.now()
+        try:
+            self._take(await self.backend.stop_waiting(self.worker_id), now)
+        except BackendUnavailable as exc:
+            log.warning("cannot stop waiting: tasks handed now run after a lease", error=str(exc))
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            done, _ = await asyncio.wait({waiter}, timeout=IDLE_POLL_SECONDS)
+            if not done:
+                waiter.cancel()
+            elif waiter.exception() is None:
+                self._take(waiter.result(), now)
 
     def stop(self) -> None:
         """Take and start no new tasks; running ones go on, run() hands back the buffered ones."""

@@ -1,6 +1,6 @@
 -- Store new tasks for several submitters in one call; each submitter's tasks are
 -- stored all or none: idempotency keys, the waiting bound, indexes.
--- ARGV: [1] prefix, then one group per submitter: max_waiting, n, then 9 per
+-- ARGV: [1] prefix, then one group per submitter: max_waiting, now, n, then 9 per
 -- task: id, status (pending or scheduled), queue, rank, run_at, type,
 -- idempotency key ('' = none), request hash, task JSON.
 -- Returns one answer per group: {'ok', {r1, r2, ...}} where r is {} for a created
@@ -79,9 +79,11 @@ end
 
 local answers = {}
 local at = 2
+local now
 while at <= #ARGV do
-  local max_waiting, n = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
-  local first_task = at + 2
+  local max_waiting, n = tonumber(ARGV[at]), tonumber(ARGV[at + 2])
+  now = ARGV[at + 1]
+  local first_task = at + 3
   local firsts, refusal = check(first_task, n, max_waiting)
   if firsts then
     for i, first in ipairs(firsts) do
@@ -120,5 +122,5 @@ if #all > 0 then
     redis.call('HINCRBY', COUNTS, 'type:' .. name, count)
   end
 end
-wake()
+wake(now)  -- parked workers take the new tasks in this call
 return answers

@@ -38,7 +38,15 @@
 --                              status:scheduled / status:retrying (the split of
 --                              delayed); every other status count is a ZCARD
 --   P..workers         hash    worker id -> WorkerInfo JSON
---   P..wake            channel a message whenever tasks become pending
+--   P..parked          zset    idle workers blocked on their inbox, score parked-until
+--                              (seconds); an expired entry is never handed a task
+--   P..park:<worker>   hash    q = its queue names joined by '\n' ('' = every queue),
+--                              ls = its lease seconds
+--   P..tickets:<worker> list   lease tokens it sent when it parked, one per free slot:
+--                              how many tasks it may still be handed
+--   P..inbox:<worker>  list    tasks handed to it, leased already, each
+--                              'token\nexpires\nnow\nc\np\nd' (c, p as in the hash,
+--                              '' when absent); '' alone ends its wait with nothing
 --   P..rate:<client>   hash    an HTTP rate-limit bucket (ratelimit.lua says more)
 --
 -- Time never comes from Redis: callers pass `now` (the injected clock).
@@ -131,8 +139,168 @@ local function promote_due(now, limit, stamp)
   return #ids
 end
 
-local function wake()
-  if woke then
-    redis.call('PUBLISH', P .. 'wake', '1')
+
+-- The queues a worker takes from: the names it listens on, or every queue.
+local function queue_names(names)
+  if #names == 0 then
+    return redis.call('SMEMBERS', P .. 'queues')
   end
+  return names
+end
+
+-- Pop the ids of up to `limit` pending tasks, best first across `queues`:
+-- one ZPOPMIN for a single queue, else a compare over the queues' heads.
+local function take(queues, limit)
+  local popped = {}
+  if limit <= 0 then
+    return popped
+  end
+  if #queues == 1 then
+    local flat = redis.call('ZPOPMIN', P .. 'ready:' .. queues[1], limit)
+    for i = 1, #flat, 2 do
+      popped[#popped + 1] = flat[i]
+    end
+  elseif #queues > 1 then
+    local function head(queue)
+      return redis.call('ZRANGE', P .. 'ready:' .. queue, 0, 0)[1]
+    end
+    local heads = {}
+    for i, queue in ipairs(queues) do
+      heads[i] = head(queue)
+    end
+    while #popped < limit do
+      local best = nil
+      for i = 1, #queues do
+        if heads[i] and (best == nil or heads[i] < heads[best]) then
+          best = i
+        end
+      end
+      if best == nil then
+        break
+      end
+      popped[#popped + 1] = heads[best]
+      redis.call('ZREM', P .. 'ready:' .. queues[best], heads[best])
+      heads[best] = head(queues[best])
+    end
+  end
+  for i, entry in ipairs(popped) do
+    popped[i] = string.sub(entry, string.find(entry, '|', 1, true) + 1)
+  end
+  return popped
+end
+
+-- Lease the popped tasks to `worker`, the i-th with tokens[i]. The lease is the
+-- small fields l, x, w, n (above); the reader turns them into Task.leased()'s
+-- running task with one more attempt. Returns {d, p, c} of each task.
+local function lease(ids, tokens, now, expires, worker)
+  local taken, leased = {}, {}
+  for i, id in ipairs(ids) do
+    local key, token = task_key(id), tokens[i]
+    redis.call('HSET', key, 's', 'running', 'l', token, 'x', expires, 'w', worker, 'n', now,
+      'u', now, 'rev', token)
+    taken[i] = redis.call('HMGET', key, 'd', 'p', 'c')
+    leased[#leased + 1] = expires
+    leased[#leased + 1] = id
+  end
+  if #leased > 0 then
+    each_chunk('ZADD', P .. 'leased', leased, 2)
+  end
+  return taken
+end
+
+local PARKED = P .. 'parked'
+local KEEP_PARKED = 600  -- seconds the keys of a worker that vanished while parked stay
+
+local function split(text)
+  local names = {}
+  for name in string.gmatch(text, '[^\n]+') do
+    names[#names + 1] = name
+  end
+  return names
+end
+
+-- Hand pending tasks to the parked workers, leased, as their own dequeue would
+-- take them (best first, at most one per ticket), so a blocked worker gets a
+-- task in one hop. A worker parks only when its queues had nothing ready, so
+-- priority order holds.
+local function feed(now)
+  local parked = redis.call('ZRANGEBYSCORE', PARKED, now, '+inf')
+  redis.call('ZREMRANGEBYSCORE', PARKED, '-inf', '(' .. now)
+  for _, worker in ipairs(parked) do
+    local tickets = P .. 'tickets:' .. worker
+    local want = redis.call('LLEN', tickets)
+    local info = redis.call('HMGET', P .. 'park:' .. worker, 'q', 'ls')
+    local ids = take(queue_names(split(info[1] or '')), want)
+    if #ids > 0 then
+      local tokens = redis.call('LPOP', tickets, #ids)
+      local expires = string.format('%.6f', tonumber(now) + tonumber(info[2]))
+      local items = {}
+      for i, found in ipairs(lease(ids, tokens, now, expires, worker)) do
+        items[i] = table.concat({tokens[i], expires, now, found[3] or '', found[2] or '',
+          found[1]}, '\n')
+      end
+      local inbox = P .. 'inbox:' .. worker
+      redis.call('RPUSH', inbox, unpack(items))
+      redis.call('EXPIRE', inbox, KEEP_PARKED)
+    end
+    if #ids == want then
+      redis.call('ZREM', PARKED, worker)
+    end
+  end
+end
+
+-- End `worker`'s wait on its inbox, with nothing handed.
+local function end_wait(worker)
+  local inbox = P .. 'inbox:' .. worker
+  redis.call('RPUSH', inbox, '')
+  redis.call('EXPIRE', inbox, KEEP_PARKED)
+end
+
+-- Without a time to lease by, end the parked workers' waits instead: they dequeue.
+local function nudge()
+  for _, worker in ipairs(redis.call('ZRANGE', PARKED, 0, -1)) do
+    end_wait(worker)
+  end
+  redis.call('DEL', PARKED)
+end
+
+-- Tasks became pending in this call: parked workers take them now.
+local function wake(now)
+  if woke and redis.call('ZCARD', PARKED) > 0 then
+    if now then
+      feed(now)
+    else
+      nudge()
+    end
+  end
+end
+
+-- `worker` blocks on its inbox until `until_`, and may be handed one task per token.
+local function park(worker, until_, lease_seconds, names, tokens)
+  local tickets = P .. 'tickets:' .. worker
+  redis.call('DEL', tickets)
+  redis.call('RPUSH', tickets, unpack(tokens))
+  redis.call('HSET', P .. 'park:' .. worker, 'q', table.concat(names, '\n'), 'ls', lease_seconds)
+  redis.call('EXPIRE', tickets, KEEP_PARKED)
+  redis.call('EXPIRE', P .. 'park:' .. worker, KEEP_PARKED)
+  redis.call('ZADD', PARKED, until_, worker)
+end
+
+-- Hand `worker` no more tasks; returns the tasks handed to it that it has not taken.
+local function unpark(worker)
+  if redis.call('ZREM', PARKED, worker) == 1 then
+    redis.call('DEL', P .. 'tickets:' .. worker)
+  end
+  local inbox = P .. 'inbox:' .. worker
+  local found = redis.call('LRANGE', inbox, 0, -1)
+  local items = {}
+  for _, item in ipairs(found) do
+    if item ~= '' then
+      items[#items + 1] = item
+    end
+  end
+  if #found > 0 then
+    redis.call('DEL', inbox)
+  end
+  return items
 end
