@@ -332,7 +332,8 @@ class RedisBackend(Backend):
         if not tasks:
             return []
         # All or none for this call; the calls of one tick share one script call.
-        args: list[Any] = [self.max_waiting, repr(self.clock.now()), len(tasks)]
+        now, stamp = repr(self.clock.now()), new_lease_token()
+        args: list[Any] = [self.max_waiting, now, stamp, len(tasks)]
         for task in tasks:
             args += codec.enqueue_args(task)
         answer = await self._batcher.call("enqueue", args)

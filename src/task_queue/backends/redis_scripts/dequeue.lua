@@ -2,11 +2,12 @@
 -- parked, then pending ones, best first across the named queues (or every queue
 -- when none is named), after promoting due delayed tasks.
 -- ARGV: [1] prefix, [2] now, [3] lease_expires_at, [4] worker id, [5] limit,
--- [6] stamp (a fresh random string, for the revs of promoted tasks), [7] lease
+-- [6] stamp (a fresh random string, for the revs of promoted tasks and the tokens
+-- of tasks handed to other parked workers), [7] lease
 -- seconds, [8] parked-until ('' = do not park), [9] n = number of queue names,
 -- [10 .. 9+n] the names (distinct), then `limit` fresh lease tokens.
 -- With a parked-until, a call that finds nothing parks the worker (lib.lua: it
--- is then handed tasks as they become pending, one per token, in its inbox), and
+-- is then handed up to `limit` tasks as they become pending, in its inbox), and
 -- one that finds tasks ends the wait its caller sent right behind it.
 -- Returns {handed items (lib.lua's inbox format), {d, p, c} of each task leased
 -- here in dequeue order (the caller knows the lease fields it sent), the run_at
@@ -24,12 +25,12 @@ for i = 1, nq do
 end
 local tokens = {unpack(ARGV, 10 + nq, 9 + nq + limit)}
 local taken = lease(take(queue_names(names), limit - #handed), tokens, now, expires, worker)
-wake(now)  -- promoted tasks this call did not take go to other parked workers
+wake(now, ARGV[6])  -- promoted tasks this call did not take go to other parked workers
 local due = ''
 if #handed + #taken == 0 then
   due = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')[2] or ''
   if until_ ~= '' then
-    park(worker, until_, ARGV[7], names, tokens)
+    park(worker, until_, ARGV[7], names, limit)
   end
 elseif until_ ~= '' then
   end_wait(worker)

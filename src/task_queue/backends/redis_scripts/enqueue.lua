@@ -1,7 +1,7 @@
 -- Store new tasks for several submitters in one call; each submitter's tasks are
 -- stored all or none: idempotency keys, the waiting bound, indexes.
--- ARGV: [1] prefix, then one group per submitter: max_waiting, now, n, then 9 per
--- task: id, status (pending or scheduled), queue, rank, run_at, type,
+-- ARGV: [1] prefix, then one group per submitter: max_waiting, now, stamp (fresh,
+-- random: tokens of tasks handed to parked workers), n, then 9 per task: id, status (pending or scheduled), queue, rank, run_at, type,
 -- idempotency key ('' = none), request hash, task JSON.
 -- Returns one answer per group: {'ok', {r1, r2, ...}} where r is {} for a created
 -- task, else the HGETALL of the task stored first under its key; {'conflict',
@@ -79,11 +79,11 @@ end
 
 local answers = {}
 local at = 2
-local now
+local now, stamp
 while at <= #ARGV do
-  local max_waiting, n = tonumber(ARGV[at]), tonumber(ARGV[at + 2])
-  now = ARGV[at + 1]
-  local first_task = at + 3
+  local max_waiting, n = tonumber(ARGV[at]), tonumber(ARGV[at + 3])
+  now, stamp = ARGV[at + 1], ARGV[at + 2]
+  local first_task = at + 4
   local firsts, refusal = check(first_task, n, max_waiting)
   if firsts then
     for i, first in ipairs(firsts) do
@@ -122,5 +122,5 @@ if #all > 0 then
     redis.call('HINCRBY', COUNTS, 'type:' .. name, count)
   end
 end
-wake(now)  -- parked workers take the new tasks in this call
+wake(now, stamp)  -- parked workers take the new tasks in this call
 return answers

@@ -41,9 +41,8 @@
 --   P..parked          zset    idle workers blocked on their inbox, score parked-until
 --                              (seconds); an expired entry is never handed a task
 --   P..park:<worker>   hash    q = its queue names joined by '\n' ('' = every queue),
---                              ls = its lease seconds
---   P..tickets:<worker> list   lease tokens it sent when it parked, one per free slot:
---                              how many tasks it may still be handed
+--                              ls = its lease seconds, n = how many tasks it may
+--                              still be handed (its free slots when it parked)
 --   P..inbox:<worker>  list    tasks handed to it, leased already, each
 --                              'token\nexpires\nnow\nc\np\nd' (c, p as in the hash,
 --                              '' when absent); '' alone ends its wait with nothing
@@ -220,31 +219,42 @@ local function split(text)
 end
 
 -- Hand pending tasks to the parked workers, leased, as their own dequeue would
--- take them (best first, at most one per ticket), so a blocked worker gets a
+-- take them (best first, at most one per free slot), so a blocked worker gets a
 -- task in one hop. A worker parks only when its queues had nothing ready, so
--- priority order holds.
-local function feed(now)
-  local parked = redis.call('ZRANGEBYSCORE', PARKED, now, '+inf')
-  redis.call('ZREMRANGEBYSCORE', PARKED, '-inf', '(' .. now)
-  for _, worker in ipairs(parked) do
-    local tickets = P .. 'tickets:' .. worker
-    local want = redis.call('LLEN', tickets)
-    local info = redis.call('HMGET', P .. 'park:' .. worker, 'q', 'ls')
-    local ids = take(queue_names(split(info[1] or '')), want)
-    if #ids > 0 then
-      local tokens = redis.call('LPOP', tickets, #ids)
-      local expires = string.format('%.6f', tonumber(now) + tonumber(info[2]))
-      local items = {}
-      for i, found in ipairs(lease(ids, tokens, now, expires, worker)) do
-        items[i] = table.concat({tokens[i], expires, now, found[3] or '', found[2] or '',
-          found[1]}, '\n')
+-- priority order holds. Tokens are `stamp` (fresh per call) .. '.' .. a counter.
+local function feed(now, stamp)
+  local flat = redis.call('ZRANGE', PARKED, 0, -1, 'WITHSCORES')
+  local handed = 0
+  for i = 1, #flat, 2 do
+    local worker = flat[i]
+    if flat[i + 1] + 0 < now + 0 then
+      redis.call('ZREM', PARKED, worker)  -- its park ran out: the worker died or is late
+    else
+      local park = P .. 'park:' .. worker
+      local info = redis.call('HMGET', park, 'q', 'ls', 'n')
+      local want = tonumber(info[3] or '0')
+      local ids = take(queue_names(split(info[1] or '')), want)
+      if #ids > 0 then
+        local tokens = {}
+        for k = 1, #ids do
+          tokens[k] = stamp .. '.' .. (handed + k)
+        end
+        handed = handed + #ids
+        local expires = string.format('%.6f', tonumber(now) + tonumber(info[2]))
+        local items = {}
+        for k, found in ipairs(lease(ids, tokens, now, expires, worker)) do
+          items[k] = table.concat({tokens[k], expires, now, found[3] or '', found[2] or '',
+            found[1]}, '\n')
+        end
+        local inbox = P .. 'inbox:' .. worker
+        redis.call('RPUSH', inbox, unpack(items))
+        redis.call('EXPIRE', inbox, KEEP_PARKED)
       end
-      local inbox = P .. 'inbox:' .. worker
-      redis.call('RPUSH', inbox, unpack(items))
-      redis.call('EXPIRE', inbox, KEEP_PARKED)
-    end
-    if #ids == want then
-      redis.call('ZREM', PARKED, worker)
+      if #ids == want then
+        redis.call('ZREM', PARKED, worker)
+      elseif #ids > 0 then
+        redis.call('HSET', park, 'n', want - #ids)
+      end
     end
   end
 end
@@ -264,33 +274,29 @@ local function nudge()
   redis.call('DEL', PARKED)
 end
 
--- Tasks became pending in this call: parked workers take them now.
-local function wake(now)
+-- Tasks became pending in this call: parked workers take them now, leased at
+-- `now` with tokens made of `stamp`; without a time, their waits end instead.
+local function wake(now, stamp)
   if woke and redis.call('ZCARD', PARKED) > 0 then
     if now then
-      feed(now)
+      feed(now, stamp)
     else
       nudge()
     end
   end
 end
 
--- `worker` blocks on its inbox until `until_`, and may be handed one task per token.
-local function park(worker, until_, lease_seconds, names, tokens)
-  local tickets = P .. 'tickets:' .. worker
-  redis.call('DEL', tickets)
-  redis.call('RPUSH', tickets, unpack(tokens))
-  redis.call('HSET', P .. 'park:' .. worker, 'q', table.concat(names, '\n'), 'ls', lease_seconds)
-  redis.call('EXPIRE', tickets, KEEP_PARKED)
-  redis.call('EXPIRE', P .. 'park:' .. worker, KEEP_PARKED)
+-- `worker` blocks on its inbox until `until_`, and may be handed `slots` tasks.
+local function park(worker, until_, lease_seconds, names, slots)
+  local park = P .. 'park:' .. worker
+  redis.call('HSET', park, 'q', table.concat(names, '\n'), 'ls', lease_seconds, 'n', slots)
+  redis.call('EXPIRE', park, KEEP_PARKED)
   redis.call('ZADD', PARKED, until_, worker)
 end
 
 -- Hand `worker` no more tasks; returns the tasks handed to it that it has not taken.
 local function unpark(worker)
-  if redis.call('ZREM', PARKED, worker) == 1 then
-    redis.call('DEL', P .. 'tickets:' .. worker)
-  end
+  redis.call('ZREM', PARKED, worker)
   local inbox = P .. 'inbox:' .. worker
   local found = redis.call('LRANGE', inbox, 0, -1)
   local items = {}

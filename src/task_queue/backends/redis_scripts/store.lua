@@ -37,5 +37,5 @@ else
   redis.call('HSET', key, 'p', ARGV[11])
 end
 index(id, status, cur[3], ARGV[7], cur[5], ARGV[8])
-wake(ARGV[12])
+wake(ARGV[12], ARGV[4])
 return 'ok'
