@@ -113,20 +113,31 @@ class WorkerPool:
     async def run(self) -> None:
         """Take and start tasks until stop() is called; then hand back the buffered ones."""
         failures = 0
+        # A lone task handed over while idle means the queue is quiet: wait again at
+        # once, since a backend that hands tasks over takes what is ready as it waits.
+        quiet = False
         while not self._stopping.is_set():
             room = self.capacity + self.prefetch - len(self._running) - len(self._buffer)
             # Refill once the buffer is down to half; with free slots it is empty anyway.
             if room <= 0 or len(self._buffer) > self.prefetch // 2:
+                quiet = False
                 await self._until(self._wake)
                 self._wake.clear()
                 continue
             asked_at = self._clock.now()
             try:
-                tasks = await self.backend.dequeue(
-                    self.queues, room, worker_id=self.worker_id, lease_seconds=self.lease_seconds
-                )
+                tasks: list[Task] = []
+                if not quiet:
+                    tasks = await self.backend.dequeue(
+                        self.queues,
+                        room,
+                        worker_id=self.worker_id,
+                        lease_seconds=self.lease_seconds,
+                    )
+                quiet = False
                 if not tasks:
                     tasks = await self._idle(room)
+                    quiet = len(tasks) == 1
             except BackendUnavailable as exc:
                 failures += 1
                 pause = min(0.1 * 2**failures, 10.0)
