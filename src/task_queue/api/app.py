@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from task_queue import __version__
-from task_queue.api import errors, routes, schemas
+from task_queue.api import dashboard, errors, routes, schemas
 from task_queue.api.guard import Guard
 from task_queue.api.middleware import RequestLog
 from task_queue.backends.base import Backend
@@ -35,6 +35,7 @@ def create_app(client: AsyncClient, settings: Settings, metrics: Metrics) -> Fas
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(routes.root)
+    app.include_router(dashboard.router)
     schemas.add_request_schemas(app)
     # The last added runs first: RequestLog sees every answer, CORS decorates the
     # Guard's 401 and 429 too and answers preflights before the Guard sees them.
