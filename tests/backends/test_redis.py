@@ -395,3 +395,20 @@ async def test_stop_waiting_ends_the_wait_and_returns_what_was_handed_but_not_ta
     waiting = await park(redis_backend, "x", limit=1)
     assert await redis_backend.stop_waiting("x") == []
     assert await asyncio.wait_for(waiting, 5) == []
+
+
+async def test_a_submit_to_many_parked_workers_stops_once_its_task_is_handed(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
+) -> None:
+    """Walking every idle worker on every submit would cost Redis calls per worker."""
+    waits = [await park(redis_backend, f"w{i}", queues=[], limit=5) for i in range(20)]
+    before = (await raw.info("commandstats")).get("cmdstat_hmget", {}).get("calls", 0)
+    task = make(clock)
+    await redis_backend.enqueue([task])
+    after = (await raw.info("commandstats"))["cmdstat_hmget"]["calls"]
+    done, pending = await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    assert [t.id for t in done.pop().result()] == [task.id]
+    # One park read, one read of the leased task: the other 19 workers were not visited.
+    assert after - before == 2
+    for waiting in pending:
+        waiting.cancel()

@@ -222,18 +222,37 @@ end
 -- take them (best first, at most one per free slot), so a blocked worker gets a
 -- task in one hop. A worker parks only when its queues had nothing ready, so
 -- priority order holds. Tokens are `stamp` (fresh per call) .. '.' .. a counter.
+-- A worker that got fewer than it could take emptied its queues: the walk stops
+-- once every queue is known empty, so many idle workers cost a submit little.
 local function feed(now, stamp)
   local flat = redis.call('ZRANGE', PARKED, 0, -1, 'WITHSCORES')
-  local handed = 0
+  local handed, drained, all_drained = 0, {}, false
   for i = 1, #flat, 2 do
     local worker = flat[i]
+    local park = P .. 'park:' .. worker
+    local info = {}
     if flat[i + 1] + 0 < now + 0 then
       redis.call('ZREM', PARKED, worker)  -- its park ran out: the worker died or is late
-    else
-      local park = P .. 'park:' .. worker
-      local info = redis.call('HMGET', park, 'q', 'ls', 'n')
+    elseif not all_drained then
+      info = redis.call('HMGET', park, 'q', 'ls', 'n')
+    end
+    local names = split(info[1] or '')
+    local fed = info[2] and true or false  -- false: ran out, skipped, or its hash is gone
+    if fed and #names > 0 then
+      fed = false
+      for _, name in ipairs(names) do
+        fed = fed or not drained[name]
+      end
+    end
+    if fed then
       local want = tonumber(info[3] or '0')
-      local ids = take(queue_names(split(info[1] or '')), want)
+      local ids = take(queue_names(names), want)
+      if #ids < want then
+        all_drained = #names == 0
+        for _, name in ipairs(names) do
+          drained[name] = true
+        end
+      end
       if #ids > 0 then
         local tokens = {}
         for k = 1, #ids do
