@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from task_queue.backends.memory import MemoryBackend
 from task_queue.metrics import TASK_BUCKETS, Metrics
+from task_queue.task import Task
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deployments/grafana/task-queue-dashboard.json"
 METRIC_NAME = re.compile(r"\btask_queue_[a-z_]+\b")
@@ -27,6 +28,7 @@ async def exported_sample_names() -> set[str]:
     backend = MemoryBackend()
     await backend.open()
     try:
+        await backend.enqueue([Task.new("email", {}, now=0.0)])  # a queue with a pending task
         text = (await metrics.render(backend)).decode()
     finally:
         await backend.close()
@@ -45,6 +47,7 @@ async def test_every_family_of_the_contract_is_exported() -> None:
         "task_queue_tasks_retried_total",
         "task_queue_task_duration_seconds_bucket",
         "task_queue_queue_depth",
+        "task_queue_queue_pending",
         "task_queue_workers",
         "task_queue_workers_busy",
         "task_queue_backend_up",

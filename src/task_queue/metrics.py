@@ -312,6 +312,14 @@ class _BackendGauges:
         for status in TaskStatus:
             depth.add_metric([status.value], float(self.stats.by_status.get(status.value, 0)))
         yield depth
+        pending = GaugeMetricFamily(
+            "task_queue_queue_pending",
+            "Pending tasks (ready to run now) per queue, for scaling each queue's workers.",
+            labels=["queue"],
+        )
+        for queue, count in sorted(self.stats.pending_by_queue.items()):
+            pending.add_metric([queue], float(count))
+        yield pending
         total = GaugeMetricFamily(
             "task_queue_workers", "Live worker processes of every instance sharing the backend."
         )

@@ -305,6 +305,20 @@ async def test_stats_count_by_status_and_type(backend: Backend, clock: ManualClo
     assert stats.processed == 1
     assert stats.failed == 0
     assert stats.finished_last_minute == 1
+    assert stats.pending_by_queue == {"default": 1}
+
+
+async def test_pending_is_counted_per_queue(backend: Backend, clock: ManualClock) -> None:
+    await backend.enqueue(
+        [
+            make(clock, queue="mail"),
+            make(clock, queue="mail"),
+            make(clock, queue="images"),
+            make(clock, queue="later", run_at=clock.now() + 9),  # scheduled: not pending
+        ]
+    )
+    await backend.dequeue(["images"], 1, worker_id="w", lease_seconds=LEASE)
+    assert (await backend.stats()).pending_by_queue == {"mail": 2}
 
 
 async def test_workers_are_listed_until_their_heartbeats_stop(

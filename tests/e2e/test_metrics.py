@@ -148,6 +148,7 @@ def test_gauges_come_from_the_backend(launch: Launcher) -> None:
     }
     assert depth == {"running": 1, "scheduled": 1}
     assert value(samples, "task_queue_queue_depth", status="pending") == 1
+    assert value(samples, "task_queue_queue_pending", queue="default") == 1
 
 
 def test_every_http_process_reports_the_sum_over_all_of_them(launch: Launcher) -> None:

@@ -323,6 +323,7 @@ async def stats(request: Request) -> Response:
             "max_queue_size": settings.queue_size,
             "by_status": by_status,
             "by_type": numbers.by_type,
+            "pending_by_queue": numbers.pending_by_queue,
             "workers": {
                 "total": len(workers),
                 "busy": sum(1 for w in workers if w.current_tasks),

@@ -99,6 +99,7 @@ class Stats(_Closed):
     max_queue_size: int
     by_status: dict[str, int]
     by_type: dict[str, int]
+    pending_by_queue: dict[str, int]
     workers: WorkerCounts
     processed: int
     failed: int

@@ -106,6 +106,8 @@ class QueueStats:
     processed: int
     failed: int
     finished_last_minute: int
+    # Pending (ready to run now) per queue: what a per-queue autoscaler watches.
+    pending_by_queue: dict[str, int]
 
 
 class Backend(abc.ABC):

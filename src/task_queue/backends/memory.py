@@ -256,6 +256,7 @@ class MemoryBackend(Backend):
             self._finished_at.popleft()
         by_status = Counter(t.status.value for t in self._tasks.values())
         by_type = Counter(t.type for t in self._tasks.values())
+        pending = Counter(t.queue for t in self._tasks.values() if t.status is TaskStatus.PENDING)
         return QueueStats(
             waiting=self._waiting,
             by_status=dict(by_status),
@@ -263,6 +264,7 @@ class MemoryBackend(Backend):
             processed=self._processed,
             failed=self._failed,
             finished_last_minute=len(self._finished_at),
+            pending_by_queue=dict(pending),
         )
 
     async def purge_finished(self, before: float) -> int:

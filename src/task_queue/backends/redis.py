@@ -508,7 +508,7 @@ class RedisBackend(Backend):
 
     async def stats(self) -> QueueStats:
         horizon = repr(self.clock.now() - 60.0)
-        statuses, flat, completed, failed = await self._script("stats", horizon)
+        statuses, flat, completed, failed, queues = await self._script("stats", horizon)
         by_status = {k: int(v) for k, v in codec.pairs(statuses).items() if int(v)}
         counts = codec.pairs(flat)
         by_type = {k[5:]: int(v) for k, v in counts.items() if k.startswith("type:") and int(v)}
@@ -519,6 +519,7 @@ class RedisBackend(Backend):
             processed=int(counts.get("processed", 0)),
             failed=int(counts.get("failed", 0)),
             finished_last_minute=int(completed) + int(failed),
+            pending_by_queue={k: int(v) for k, v in codec.pairs(queues).items()},
         )
 
     async def wait_for_work(

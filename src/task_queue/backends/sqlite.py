@@ -436,7 +436,7 @@ class SQLiteBackend(Backend):
     async def stats(self) -> QueueStats:
         horizon = self.clock.now() - 60.0
         rows = await self._read(lambda conn: conn.execute(schema.STATS, (horizon,)).fetchall())
-        found: dict[str, dict[str, int]] = {"status": {}, "type": {}, "counter": {}}
+        found: dict[str, dict[str, int]] = {"status": {}, "type": {}, "counter": {}, "queue": {}}
         for group, key, count in rows:
             found[group][key] = count
         by_status, counters = found["status"], found["counter"]
@@ -447,6 +447,7 @@ class SQLiteBackend(Backend):
             processed=counters["processed"],
             failed=counters["failed"],
             finished_last_minute=counters["recent"],
+            pending_by_queue=found["queue"],
         )
 
     async def purge_finished(self, before: float) -> int:

@@ -115,6 +115,7 @@ ADD_TO_COUNTER = "UPDATE counters SET value = value + ? WHERE name = ?"
 STATS = """
 SELECT 'status', status, COUNT(*) FROM tasks GROUP BY status
 UNION ALL SELECT 'type', type, COUNT(*) FROM tasks GROUP BY type
+UNION ALL SELECT 'queue', queue, COUNT(*) FROM tasks WHERE status = 'pending' GROUP BY queue
 UNION ALL SELECT 'counter', name, value FROM counters
 UNION ALL SELECT 'counter', 'recent', COUNT(*) FROM tasks
     WHERE status IN ('completed', 'failed') AND completed_at >= ?

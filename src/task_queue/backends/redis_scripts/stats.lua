@@ -1,10 +1,15 @@
 -- One consistent snapshot for GET /stats: tasks per status, the counters, and
 -- how many finished since `horizon`.
 -- ARGV: [1] prefix, [2] horizon. Returns {status/count pairs, HGETALL of counts,
--- completed since horizon, failed since horizon}.
-local pending = 0
+-- completed since horizon, failed since horizon, queue/pending pairs}.
+local pending, by_queue = 0, {}
 for _, queue in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
-  pending = pending + redis.call('ZCARD', P .. 'ready:' .. queue)
+  local count = redis.call('ZCARD', P .. 'ready:' .. queue)
+  pending = pending + count
+  if count > 0 then
+    by_queue[#by_queue + 1] = queue
+    by_queue[#by_queue + 1] = count
+  end
 end
 local c = redis.call('HMGET', COUNTS, 'status:scheduled', 'status:retrying')
 local statuses = {
@@ -22,4 +27,5 @@ return {
   redis.call('HGETALL', COUNTS),
   redis.call('ZCOUNT', P .. 'final:completed', ARGV[2], '+inf'),
   redis.call('ZCOUNT', P .. 'final:failed', ARGV[2], '+inf'),
+  by_queue,
 }
