@@ -138,7 +138,6 @@ local function promote_due(now, limit, stamp)
   return #ids
 end
 
-
 -- The queues a worker takes from: the names it listens on, or every queue.
 local function queue_names(names)
   if #names == 0 then
