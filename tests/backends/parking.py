@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from task_queue.backends.base import IdleWorker
 from task_queue.backends.redis import RedisBackend
 from task_queue.task import Task
 
@@ -21,11 +22,8 @@ async def park(
 ) -> asyncio.Task[list[Task]]:
     """A worker's idle wait, started once nothing was there to dequeue, and parked."""
     assert await backend.dequeue(queues, limit, worker_id=worker, lease_seconds=LEASE) == []
-    waiting = asyncio.create_task(
-        backend.wait_for_work(
-            timeout, worker_id=worker, queues=queues, limit=limit, lease_seconds=LEASE
-        )
-    )
+    idle = IdleWorker(worker, queues, limit, LEASE)
+    waiting = asyncio.create_task(backend.wait_for_work(timeout, idle))
     for _ in range(200):  # the park rides in the wait's own pipeline
         if await backend._client.zscore(f"{backend._p}parked", worker) is not None:
             return waiting

@@ -20,6 +20,7 @@ import pytest
 
 from task_queue._clock import ManualClock
 from task_queue.backends import sqlite as sqlite_backend
+from task_queue.backends.base import IdleWorker
 from task_queue.backends.sqlite import SQLiteBackend
 from task_queue.backends.sqlite_schema import SCHEMA_VERSION
 from task_queue.errors import BackendUnavailable, IdempotencyConflict
@@ -224,7 +225,7 @@ async def test_idle_wait_is_capped_by_the_poll_interval(db: Path, clock: ManualC
     await backend.open()
     try:
         # Submits from other processes set no event here; only polling notices them.
-        waiting = backend.wait_for_work(3600, worker_id="w", queues=[], limit=1, lease_seconds=30)
+        waiting = backend.wait_for_work(3600, IdleWorker("w", [], 1, 30))
         assert await asyncio.wait_for(waiting, timeout=5) == []
     finally:
         await backend.close()

@@ -91,6 +91,16 @@ class WorkerInfo:
 
 
 @dataclass(slots=True, frozen=True)
+class IdleWorker:
+    """A worker pool waiting for work: what a backend needs to hand it tasks directly."""
+
+    worker_id: str
+    queues: Sequence[str]  # empty: every queue
+    free_slots: int
+    lease_seconds: float
+
+
+@dataclass(slots=True, frozen=True)
 class LeaseReport:
     """The answer to a heartbeat: leases the worker no longer holds, cancels asked of it."""
 
@@ -230,22 +240,14 @@ class Backend(abc.ABC):
         """Delete completed and cancelled tasks that finished before `before`."""
 
     @abc.abstractmethod
-    async def wait_for_work(
-        self,
-        timeout: float,
-        *,
-        worker_id: str,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-    ) -> list[Task]:
+    async def wait_for_work(self, timeout: float, worker: IdleWorker) -> list[Task]:
         """Return when tasks may have become due, or after `timeout` seconds.
 
         An idle worker calls it after a dequeue that found nothing. A backend may
-        hand the worker up to `limit` tasks from `queues` while it waits, leased
-        as dequeue() leases them, and return them (Redis does: it saves the
-        worker a round trip). Else it returns none: a hint, never a guarantee,
-        and the caller dequeues afterwards.
+        hand the worker up to `free_slots` tasks from its queues while it waits,
+        leased as dequeue() leases them, and return them (Redis does: it saves
+        the worker a round trip). Else it returns none: a hint, never a
+        guarantee, and the caller dequeues afterwards.
         """
 
     @abc.abstractmethod

@@ -16,6 +16,7 @@ from typing import Any
 
 from task_queue.backends.base import (
     Backend,
+    IdleWorker,
     LeaseReport,
     Page,
     QueueStats,
@@ -280,15 +281,7 @@ class MemoryBackend(Backend):
                 self._idempotency.pop(task.idempotency_key, None)
         return len(doomed)
 
-    async def wait_for_work(
-        self,
-        timeout: float,
-        *,
-        worker_id: str,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-    ) -> list[Task]:
+    async def wait_for_work(self, timeout: float, worker: IdleWorker) -> list[Task]:
         if self._delayed:
             timeout = max(0.0, min(timeout, self._delayed[0][0] - self.clock.now()))
         try:

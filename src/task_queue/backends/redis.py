@@ -42,6 +42,7 @@ from task_queue._clock import Clock
 from task_queue.backends import redis_codec as codec
 from task_queue.backends.base import (
     Backend,
+    IdleWorker,
     LeaseReport,
     Page,
     QueueStats,
@@ -522,15 +523,7 @@ class RedisBackend(Backend):
             pending_by_queue={k: int(v) for k, v in codec.pairs(queues).items()},
         )
 
-    async def wait_for_work(
-        self,
-        timeout: float,
-        *,
-        worker_id: str,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-    ) -> list[Task]:
+    async def wait_for_work(self, timeout: float, worker: IdleWorker) -> list[Task]:
         """Park the worker and block on its inbox: a task that becomes pending is handed
         to it there, leased already, in the one hop from the submit (lib.lua's feed).
 
@@ -541,10 +534,13 @@ class RedisBackend(Backend):
         """
         if self._next_due is not None:
             timeout = min(timeout, self._next_due - self.clock.now())
-        if timeout < 0.001 or limit <= 0:  # BLPOP would take 0 as "forever"
+        if timeout < 0.001 or worker.free_slots <= 0:  # BLPOP would take 0 as "forever"
             return []
         until = repr(self.clock.now() + PARK_SECONDS)
-        args = self._dequeue_args(queues, limit, worker_id, lease_seconds, parked_until=until)
+        worker_id = worker.worker_id
+        args = self._dequeue_args(
+            worker.queues, worker.free_slots, worker_id, worker.lease_seconds, parked_until=until
+        )
         inbox = f"{self._p}inbox:{worker_id}"
 
         async def park_and_wait() -> list[Any]:

@@ -29,6 +29,7 @@ from task_queue._clock import Clock
 from task_queue.backends import sqlite_schema as schema
 from task_queue.backends.base import (
     Backend,
+    IdleWorker,
     LeaseReport,
     Page,
     QueueStats,
@@ -454,15 +455,7 @@ class SQLiteBackend(Backend):
         sql = "DELETE FROM tasks WHERE status IN ('completed', 'cancelled') AND completed_at < ?"
         return await self._write(lambda txn: txn.conn.execute(sql, (before,)).rowcount)
 
-    async def wait_for_work(
-        self,
-        timeout: float,
-        *,
-        worker_id: str,
-        queues: Sequence[str],
-        limit: int,
-        lease_seconds: float,
-    ) -> list[Task]:
+    async def wait_for_work(self, timeout: float, worker: IdleWorker) -> list[Task]:
         timeout = min(timeout, self.poll_interval)
         next_due = await self._read(lambda conn: schema.scalar(conn, schema.NEXT_DUE))
         if next_due is not None:

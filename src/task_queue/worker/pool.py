@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
-from task_queue.backends.base import Backend, LeaseReport, WorkerInfo
+from task_queue.backends.base import Backend, IdleWorker, LeaseReport, WorkerInfo
 from task_queue.config import Settings
 from task_queue.errors import (
     BackendUnavailable,
@@ -170,10 +170,7 @@ class WorkerPool:
         self._waiter = asyncio.ensure_future(
             self.backend.wait_for_work(
                 IDLE_POLL_SECONDS,
-                worker_id=self.worker_id,
-                queues=self.queues,
-                limit=room,
-                lease_seconds=self.lease_seconds,
+                IdleWorker(self.worker_id, self.queues, room, self.lease_seconds),
             )
         )
         stopper = asyncio.ensure_future(self._stopping.wait())
