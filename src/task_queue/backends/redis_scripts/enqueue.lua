@@ -113,11 +113,7 @@ end
 if #all > 0 then
   redis.call('HSET', COUNTS, 'seq', seq)
   each_chunk('ZADD', P .. 'all', all, 2)
-  local names = {}
-  for queue in pairs(queues) do
-    names[#names + 1] = queue
-  end
-  redis.call('SADD', P .. 'queues', unpack(names))
+  add_queues(queues)
   for name, count in pairs(types) do
     redis.call('HINCRBY', COUNTS, 'type:' .. name, count)
   end

@@ -105,10 +105,38 @@ local function index(id, s, q, r, seq, score)
   end
 end
 
+-- Every queue name used, read once per script call (SMEMBERS); add_queues keeps
+-- it current for the rest of the call.
+local known_queues = nil
+
+local function all_queues()
+  if known_queues == nil then
+    known_queues = redis.call('SMEMBERS', P .. 'queues')
+  end
+  return known_queues
+end
+
+-- Record queue names (a set: name -> true), with one SADD of those not yet known.
+local function add_queues(names)
+  local known, new = {}, {}
+  for _, name in ipairs(all_queues()) do
+    known[name] = true
+  end
+  for name in pairs(names) do
+    if not known[name] then
+      new[#new + 1] = name
+      known_queues[#known_queues + 1] = name
+    end
+  end
+  if #new > 0 then
+    redis.call('SADD', P .. 'queues', unpack(new))
+  end
+end
+
 -- Pending tasks per queue and the total waiting (pending + scheduled + retrying).
 local function waiting_count()
   local total = redis.call('ZCARD', P .. 'delayed')
-  for _, queue in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+  for _, queue in ipairs(all_queues()) do
     total = total + redis.call('ZCARD', P .. 'ready:' .. queue)
   end
   return total
@@ -141,7 +169,7 @@ end
 -- The queues a worker takes from: the names it listens on, or every queue.
 local function queue_names(names)
   if #names == 0 then
-    return redis.call('SMEMBERS', P .. 'queues')
+    return all_queues()
   end
   return names
 end
@@ -295,7 +323,7 @@ end
 -- Tasks became pending in this call: parked workers take them now, leased at
 -- `now` with tokens made of `stamp`; without a time, their waits end instead.
 local function wake(now, stamp)
-  if woke and redis.call('ZCARD', PARKED) > 0 then
+  if woke then
     if now then
       feed(now, stamp)
     else
