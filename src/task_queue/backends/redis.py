@@ -387,12 +387,13 @@ class RedisBackend(Backend):
     ) -> list[Task]:
         """dequeue.lua's answer as tasks: the handed ones, then those leased with `args`."""
         tasks = [codec.decode_handed(item, worker_id) for item in handed]
-        at, expires = args[0], args[1]
-        lease = {"s": "running", "x": expires, "w": worker_id, "n": at, "u": at}
+        at, expires = float(args[0]), float(args[1])
         tokens = args[-args[3] :]
         tasks += [
-            codec.decode({**lease, "l": token, **codec.present(found)})
-            for token, found in zip(tokens, taken, strict=False)
+            codec.leased(
+                doc, progress, cancel, token=token, expires=expires, started=at, worker_id=worker_id
+            )
+            for token, (doc, progress, cancel) in zip(tokens, taken, strict=False)
         ]
         return tasks
 
