@@ -412,3 +412,16 @@ async def test_a_submit_to_many_parked_workers_stops_once_its_task_is_handed(
     assert after - before == 2
     for waiting in pending:
         waiting.cancel()
+
+
+async def test_a_worker_with_more_free_slots_than_lua_can_unpack_parks_and_is_fed(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    """WORKER_COUNT and WORKER_PREFETCH go to 10,000 each: a dequeue and a hand-over
+    of 20,000 must not pass Lua's unpack bound (about 8,000 values)."""
+    waiting = await park(redis_backend, "w", limit=20_000)
+    tasks = [make(clock) for _ in range(9_000)]
+    await redis_backend.enqueue(tasks)
+    first = await asyncio.wait_for(waiting, 10)
+    rest = await redis_backend.dequeue(["default"], 20_000, worker_id="w", lease_seconds=LEASE)
+    assert len(first) + len(rest) == 9_000

@@ -3,9 +3,9 @@
 -- when none is named), after promoting due delayed tasks.
 -- ARGV: [1] prefix, [2] now, [3] lease_expires_at, [4] worker id, [5] limit,
 -- [6] stamp (a fresh random string, for the revs of promoted tasks and the tokens
--- of tasks handed to other parked workers), [7] lease
--- seconds, [8] parked-until ('' = do not park), [9] n = number of queue names,
--- [10 .. 9+n] the names (distinct), then `limit` fresh lease tokens.
+-- of tasks handed to other parked workers), [7] lease seconds, [8] parked-until
+-- ('' = do not park), [9] n = number of queue names, [10 .. 9+n] the names
+-- (distinct), then `limit` fresh lease tokens.
 -- With a parked-until, a call that finds nothing parks the worker (lib.lua: it
 -- is then handed up to `limit` tasks as they become pending, in its inbox), and
 -- one that finds tasks ends the wait its caller sent right behind it.
@@ -23,7 +23,10 @@ local names = {}
 for i = 1, nq do
   names[i] = ARGV[9 + i]
 end
-local tokens = {unpack(ARGV, 10 + nq, 9 + nq + limit)}
+local tokens = {}  -- a loop, not unpack: limit may pass Lua's unpack bound
+for i = 1, limit do
+  tokens[i] = ARGV[9 + nq + i]
+end
 local taken = lease(take(queue_names(names), limit - #handed), tokens, now, expires, worker)
 wake(now, ARGV[6])  -- promoted tasks this call did not take go to other parked workers
 local due = ''

@@ -129,7 +129,7 @@ local function add_queues(names)
     end
   end
   if #new > 0 then
-    redis.call('SADD', P .. 'queues', unpack(new))
+    each_chunk('SADD', P .. 'queues', new, 1)
   end
 end
 
@@ -293,7 +293,7 @@ local function feed(now, stamp)
             found[1]}, '\n')
         end
         local inbox = P .. 'inbox:' .. worker
-        redis.call('RPUSH', inbox, unpack(items))
+        each_chunk('RPUSH', inbox, items, 1)
         redis.call('EXPIRE', inbox, KEEP_PARKED)
       end
       if #ids == want then
