@@ -6,13 +6,15 @@ blocking reads are what is under test.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -75,13 +77,27 @@ class RedisServer:
             self.process.wait()
 
 
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+Servers = TypeVar("Servers", bound=_Stoppable)
+
+
+@contextlib.contextmanager
+def in_temporary_dir(prefix: str, start: Callable[[Path], Servers]) -> Iterator[Servers]:
+    """Servers started in a directory of their own, stopped and removed at the end."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    servers = start(workdir)
+    try:
+        yield servers
+    finally:
+        servers.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A redis-server for the whole test session; tests keep apart by key prefix."""
-    workdir = Path(tempfile.mkdtemp(prefix="tq-redis-"))
-    server = RedisServer(workdir)
-    try:
+    with in_temporary_dir("tq-redis-", RedisServer) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)

@@ -7,9 +7,7 @@ prefix per test, prefixes land on the slots of all three cluster nodes.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +15,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.backends.redis_server import REDIS_SERVER, START_TIMEOUT, RedisServer, free_port
+from tests.backends.redis_server import (
+    REDIS_SERVER,
+    START_TIMEOUT,
+    RedisServer,
+    free_port,
+    in_temporary_dir,
+)
 from tests.debian import require
 
 REDIS_CLI = "/usr/bin/redis-cli"
@@ -202,23 +206,13 @@ def _needs_redis() -> None:
 def redis_cluster() -> Iterator[RedisCluster]:
     """A 3-node Redis Cluster for the whole test session; tests keep apart by key prefix."""
     _needs_redis()
-    workdir = Path(tempfile.mkdtemp(prefix="tq-redis-cluster-"))
-    cluster = RedisCluster(workdir)
-    try:
+    with in_temporary_dir("tq-redis-cluster-", RedisCluster) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[RedisSentinel]:
     """A primary behind one sentinel for the whole test session; tests keep apart by prefix."""
     _needs_redis()
-    workdir = Path(tempfile.mkdtemp(prefix="tq-redis-sentinel-"))
-    sentinel = RedisSentinel(workdir)
-    try:
+    with in_temporary_dir("tq-redis-sentinel-", RedisSentinel) as sentinel:
         yield sentinel
-    finally:
-        sentinel.stop()
-        shutil.rmtree(workdir, ignore_errors=True)

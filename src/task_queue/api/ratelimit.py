@@ -151,7 +151,7 @@ class RedisLimiter:
         except BackendUnavailable as exc:
             if not self._failing:  # once per outage, not once per request
                 self._failing = True
-                # The error's class only: its text carries the Redis URL, password and all.
+                # The class only: it tells an outage apart; the text adds connection details.
                 error = type(exc.__cause__ or exc).__name__
                 log.warning("rate limit off while Redis is unreachable", error=error)
             return Decision(True, self.limit.burst, 0.0)

@@ -101,6 +101,45 @@ _UNREACHABLE = (
 )
 
 
+async def _answers(pipe: Any) -> list[Any]:
+    """A pipeline's answers, each error in its place; a lost connection is raised.
+
+    A cluster pipeline answers a lost connection per call instead of raising it.
+    """
+    answers: list[Any] = await pipe.execute(raise_on_error=False)
+    if lost := next((a for a in answers if isinstance(a, _UNREACHABLE)), None):
+        raise lost
+    return answers
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Lease:
+    """One dequeue.lua call: its arguments, and how its answer becomes tasks."""
+
+    worker_id: str
+    at: float
+    expires: float
+    tokens: list[str]
+    args: list[Any]
+
+    def tasks(self, handed: Sequence[str], taken: Sequence[Any]) -> list[Task]:
+        """The tasks handed to the worker while it was parked, then those leased here."""
+        tasks = [codec.decode_handed(item, self.worker_id) for item in handed]
+        tasks += [
+            codec.leased(
+                doc,
+                progress,
+                cancel,
+                token=token,
+                expires=self.expires,
+                started=self.at,
+                worker_id=self.worker_id,
+            )
+            for token, (doc, progress, cancel) in zip(self.tokens, taken, strict=False)
+        ]
+        return tasks
+
+
 def load_script(name: str) -> str:
     """A script's source with the shared helpers of lib.lua in front of it."""
     folder = resources.files("task_queue.backends") / "redis_scripts"
@@ -181,14 +220,8 @@ class _Batcher:
         backend = self._backend
         pipe = backend._client.pipeline(transaction=False)
         for name, args in calls:
-            # Not pipe.evalsha: redis-py blocks it on cluster pipelines, yet routes the
-            # command itself by its one key.
-            sha = backend._scripts[name].sha
-            pipe.execute_command("EVALSHA", sha, 1, backend._counts, backend._p, *args)
-        answers: list[Any] = await pipe.execute(raise_on_error=False)
-        # A cluster pipeline answers a lost connection per call instead of raising it.
-        if lost := next((a for a in answers if isinstance(a, _UNREACHABLE)), None):
-            raise lost
+            backend._add_script_call(pipe, name, args)
+        answers = await _answers(pipe)
         missing = [i for i, a in enumerate(answers) if isinstance(a, redis_errors.NoScriptError)]
         if missing:
             for name in {calls[i][0] for i in missing}:
@@ -358,12 +391,12 @@ class RedisBackend(Backend):
         if limit <= 0:
             return []
         # Through the batcher: the finishes that freed these slots go in the same write.
-        args = self._dequeue_args(queues, limit, worker_id, lease_seconds, parked_until="")
-        handed, taken, due = await self._batcher.call("dequeue", args)
+        lease = self._lease(queues, limit, worker_id, lease_seconds, parked_until="")
+        handed, taken, due = await self._batcher.call("dequeue", lease.args)
         self._next_due = float(due) if due else None
-        return self._leased(args, worker_id, handed, taken)
+        return lease.tasks(handed, taken)
 
-    def _dequeue_args(
+    def _lease(
         self,
         queues: Sequence[str],
         limit: int,
@@ -371,31 +404,20 @@ class RedisBackend(Backend):
         lease_seconds: float,
         *,
         parked_until: str,
-    ) -> list[Any]:
+    ) -> _Lease:
         now = self.clock.now()
         names = list(dict.fromkeys(queues))  # a name twice would pop a stale head
         tokens = [new_lease_token() for _ in range(limit)]
-        at, expires = repr(now), repr(now + lease_seconds)
-        return [
-            *(at, expires, worker_id, limit, new_lease_token(), repr(lease_seconds)),
-            *(parked_until, len(names), *names, *tokens),
+        args = [
+            *(repr(now), repr(now + lease_seconds), worker_id, limit, new_lease_token()),
+            *(repr(lease_seconds), parked_until, len(names), *names, *tokens),
         ]
+        return _Lease(worker_id, now, now + lease_seconds, tokens, args)
 
-    @staticmethod
-    def _leased(
-        args: Sequence[Any], worker_id: str, handed: Sequence[str], taken: Sequence[Any]
-    ) -> list[Task]:
-        """dequeue.lua's answer as tasks: the handed ones, then those leased with `args`."""
-        tasks = [codec.decode_handed(item, worker_id) for item in handed]
-        at, expires = float(args[0]), float(args[1])
-        tokens = args[-args[3] :]
-        tasks += [
-            codec.leased(
-                doc, progress, cancel, token=token, expires=expires, started=at, worker_id=worker_id
-            )
-            for token, (doc, progress, cancel) in zip(tokens, taken, strict=False)
-        ]
-        return tasks
+    def _add_script_call(self, pipe: Any, name: str, args: Sequence[Any]) -> None:
+        # Not pipe.evalsha: redis-py blocks it on cluster pipelines, yet routes the
+        # command itself by its one key.
+        pipe.execute_command("EVALSHA", self._scripts[name].sha, 1, self._counts, self._p, *args)
 
     async def finish(self, task: Task, token: str) -> None:
         """finish.lua (token check + `Task.settled_over`), in one call with the other
@@ -539,21 +561,15 @@ class RedisBackend(Backend):
             return []
         until = repr(self.clock.now() + PARK_SECONDS)
         worker_id = worker.worker_id
-        args = self._dequeue_args(
+        lease = self._lease(
             worker.queues, worker.free_slots, worker_id, worker.lease_seconds, parked_until=until
         )
-        inbox = f"{self._p}inbox:{worker_id}"
 
         async def park_and_wait() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
-            sha = self._scripts["dequeue"].sha
-            pipe.execute_command("EVALSHA", sha, 1, self._counts, self._p, *args)
-            pipe.blpop([inbox], timeout)
-            answers: list[Any] = await pipe.execute(raise_on_error=False)
-            # A cluster pipeline answers a lost connection per call instead of raising it.
-            if lost := next((a for a in answers if isinstance(a, _UNREACHABLE)), None):
-                raise lost
-            return answers
+            self._add_script_call(pipe, "dequeue", lease.args)
+            pipe.blpop([f"{self._p}inbox:{worker_id}"], timeout)
+            return await _answers(pipe)
 
         parked, popped = await self._guard(park_and_wait)
         if isinstance(popped, Exception):
@@ -566,7 +582,7 @@ class RedisBackend(Backend):
             raise parked
         else:
             self._next_due = float(parked[2]) if parked[2] else None
-            tasks = self._leased(args, worker_id, parked[0], parked[1]) + tasks
+            tasks = lease.tasks(parked[0], parked[1]) + tasks
         return tasks
 
     async def stop_waiting(self, worker_id: str) -> list[Task]:
