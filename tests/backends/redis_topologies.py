@@ -60,6 +60,7 @@ class RedisCluster:
     """Three primaries sharing the 16384 slots; `url` is a redis+cluster:// URL naming them all."""
 
     def __init__(self, workdir: Path, size: int = 3, node_timeout_ms: int = 15_000) -> None:
+        _needs_redis()  # here, not in a fixture: tests build clusters of their own too
         self.ports = [free_port() for _ in range(size)]
         self.processes: list[subprocess.Popen[bytes]] = []
         for port in self.ports:
@@ -122,6 +123,7 @@ class RedisSentinel:
     """
 
     def __init__(self, workdir: Path, *, replica: bool = False) -> None:
+        _needs_redis()
         self.primary = RedisServer(workdir)
         self.replicas: list[subprocess.Popen[bytes]] = []
         if replica:
@@ -205,7 +207,6 @@ def _needs_redis() -> None:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """A 3-node Redis Cluster for the whole test session; tests keep apart by key prefix."""
-    _needs_redis()
     with in_temporary_dir("tq-redis-cluster-", RedisCluster) as cluster:
         yield cluster
 
@@ -213,6 +214,5 @@ def redis_cluster() -> Iterator[RedisCluster]:
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[RedisSentinel]:
     """A primary behind one sentinel for the whole test session; tests keep apart by prefix."""
-    _needs_redis()
     with in_temporary_dir("tq-redis-sentinel-", RedisSentinel) as sentinel:
         yield sentinel

@@ -51,14 +51,22 @@ async def test_tokens_refill_by_redis_time(backends: list[RedisBackend]) -> None
     assert (await first.take_token("ip:c", 50.0, 1.0))[0]
 
 
+async def redis_ms(client: aioredis.Redis) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 async def test_a_bucket_key_expires_once_it_would_be_full(redis_server: RedisServer) -> None:
     prefix = f"t-{uuid.uuid4().hex}"
     backend = RedisBackend(redis_server.url, prefix=prefix)
-    await backend.open()
-    try:
-        await backend.take_token("key:abc", 10.0, 20.0)
-    finally:
-        await backend.close()
     async with aioredis.Redis.from_url(redis_server.url) as client:
-        ttl_ms = await client.pttl(f"{{{prefix}}}:rate:key:abc")
-    assert 1000 < ttl_ms <= 1100  # one token short of full at 10/s, plus a second's margin
+        await backend.open()
+        try:
+            before = await redis_ms(client)
+            await backend.take_token("key:abc", 10.0, 20.0)
+            after = await redis_ms(client)
+        finally:
+            await backend.close()
+        expires = await client.execute_command("PEXPIRETIME", f"{{{prefix}}}:rate:key:abc")
+    # One token short of full at 10/s, plus a second's margin, from the script's TIME.
+    assert before + 1100 <= expires <= after + 1100

@@ -17,9 +17,6 @@ IMAGE = "task-queue:0.1.0"
 # Variables a deployment may give the app that are not Settings fields, each
 # with its reason. Anything else is a typo or a setting the app ignores.
 EXTRA_VARIABLES = {
-    # The API security work (TRUSTED_PROXIES in Settings there): whose
-    # X-Forwarded-For is believed, for the rate limit behind nginx or an ingress.
-    "TRUSTED_PROXIES",
     # Kubernetes only: expanded into REDIS_URL as $(REDIS_PASSWORD).
     "REDIS_PASSWORD",
 }

@@ -162,6 +162,7 @@ def test_the_dashboard_shows_tasks_and_workers_and_cancels_retries_and_submits(
         10,
         "the submit's notice",
     )
-    assert status_of(server, notice.group(1)) in ("pending", "running", "completed")
+    submitted = notice.group(1)
+    wait_for(lambda: status_of(server, submitted) == "completed", 10, "the submitted task to run")
     # The only console errors are the refused calls made before the key was typed.
     assert [error for error in page_errors(browser) if "401" not in error] == []

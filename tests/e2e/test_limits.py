@@ -143,8 +143,6 @@ def test_idle_and_slowloris_connections_are_cut_off_at_the_head_timeout(
 
         assert_refused(read_response(slow), 408, "request_timeout")
         assert_refused(read_response(idle), 408, "request_timeout")
-    # Generous: the bound is the configured timeout, not this machine's speed.
-    assert time.monotonic() - started < HEAD_TIMEOUT_SECONDS * 2 + 5
 
 
 def test_connection_over_the_limit_is_a_503_and_the_server_recovers(launch: Launcher) -> None:

@@ -76,7 +76,6 @@ def test_two_apis_on_one_redis_share_one_limit(launch: Launcher, own_redis: Redi
     responses, elapsed = timed(apis[i % 2].http.get(STATS) for i in range(200))
     accepted = [r for r in responses if r.status_code == 200]
     assert 20 <= len(accepted) <= most_accepted(20, 10, elapsed)
-    assert len(accepted) < 40 or elapsed > 2  # not one burst per process
     served_by = {str(r.url.port) for r in accepted}
     assert served_by == {str(api.port) for api in apis}
 
