@@ -38,6 +38,7 @@ from task_queue.backends.memory import MemoryBackend
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
 from task_queue.logs import configure
+from task_queue.metrics import Metrics
 
 MODES = {"off": "0", "on": "1000000"}
 
@@ -103,7 +104,10 @@ async def in_process(rounds: int, submits: int = 1000) -> None:
         "raw_path": b"/api/v1/tasks",
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"38")],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 8080),
     }
@@ -112,13 +116,16 @@ async def in_process(rounds: int, submits: int = 1000) -> None:
         return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: Message) -> None:
-        return None
+        # A refused or failed submit would be timed as if it were one.
+        if message["type"] == "http.response.start" and message["status"] != 201:
+            raise RuntimeError(f"submit answered {message['status']}")
 
     apps = {}
     for mode, limit in MODES.items():
         backend = MemoryBackend(max_waiting=10**9)
         await backend.open()
-        apps[mode] = create_app(AsyncClient(backend), Settings(rate_limit=float(limit)))
+        settings = Settings(rate_limit=float(limit))
+        apps[mode] = create_app(AsyncClient(backend), settings, Metrics())
     took: dict[str, list[float]] = {mode: [] for mode in MODES}
     for _ in range(rounds):
         for mode, app in apps.items():

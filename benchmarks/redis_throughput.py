@@ -113,7 +113,7 @@ async def main() -> None:
     parser.add_argument("--worker-count", type=int, default=10, help="WORKER_COUNT per process")
     parser.add_argument("--prefetch", type=int, default=0, help="WORKER_PREFETCH per process")
     args = parser.parse_args()
-    configure("warning", "console", None)
+    configure("warning", "text", None)
     server, url = start_redis()
     rows: list[tuple[str, float]] = []
     try:

@@ -56,22 +56,22 @@ async def submit_paced(n: int, rate: float) -> None:
 
 
 if __name__ == "__main__":
-    scratch = tempfile.mkdtemp(prefix="peer-tq-")
-    run_peer(
-        "task-queue",
-        "task-queue",
-        lambda n: asyncio.run(enqueue_all(n)),
-        ["task-queue", "worker"],
-        f"`task-queue worker`, WORKER_COUNT={WORKER_COUNT}, LOG_LEVEL=warning",
-        lambda n, rate: asyncio.run(submit_paced(n, rate)),
-        worker_env={
-            "QUEUE_BACKEND": "redis",
-            "REDIS_URL": REDIS_URL,
-            "QUEUE_SIZE": str(QUEUE_SIZE),
-            "WORKER_COUNT": str(WORKER_COUNT),
-            "LOG_LEVEL": "warning",
-            "LOG_FILE": "",
-            "DATA_DIR": scratch,
-            "TASK_MODULES": "tq_tasks",
-        },
-    )
+    with tempfile.TemporaryDirectory(prefix="peer-tq-") as scratch:
+        run_peer(
+            "task-queue",
+            "task-queue",
+            lambda n: asyncio.run(enqueue_all(n)),
+            ["task-queue", "worker"],
+            f"`task-queue worker`, WORKER_COUNT={WORKER_COUNT}, LOG_LEVEL=warning",
+            lambda n, rate: asyncio.run(submit_paced(n, rate)),
+            worker_env={
+                "QUEUE_BACKEND": "redis",
+                "REDIS_URL": REDIS_URL,
+                "QUEUE_SIZE": str(QUEUE_SIZE),
+                "WORKER_COUNT": str(WORKER_COUNT),
+                "LOG_LEVEL": "warning",
+                "LOG_FILE": "",
+                "DATA_DIR": scratch,
+                "TASK_MODULES": "tq_tasks",
+            },
+        )

@@ -209,3 +209,14 @@ def test_keda_scales_the_worker_deployment_on_the_stats_queue_size() -> None:
     secret = find("Secret", "task-queue-secrets")["stringData"]
     assert reference["name"] == "task-queue-secrets"
     assert secret[reference["key"]] in secret["API_KEYS"].split(",")
+
+
+def test_workers_serve_their_metrics_to_the_monitoring_namespace_only() -> None:
+    (worker,) = find("Deployment", "worker")["spec"]["template"]["spec"]["containers"]
+    port = {e["name"]: e["value"] for e in worker["env"] if "value" in e}["METRICS_PORT"]
+    assert worker["ports"] == [{"name": "metrics", "containerPort": int(port)}]
+    policy = find("NetworkPolicy", "metrics-from-monitoring")["spec"]
+    (rule,) = policy["ingress"]
+    assert {p["port"] for p in rule["ports"]} == {8080, int(port)}
+    paths = find("Ingress", "api")["spec"]["rules"][0]["http"]["paths"]
+    assert not [p for p in paths if "/metrics".startswith(p["path"]) and p["pathType"] == "Prefix"]

@@ -198,3 +198,8 @@ def test_proxy_timeouts_outlast_the_longest_long_poll() -> None:
     for directive in ("proxy_read_timeout", "proxy_send_timeout"):
         (line,) = [line for line in text.splitlines() if line.strip().startswith(directive)]
         assert int(line.split()[1].rstrip("s;")) > 60, line
+
+
+def test_metrics_are_not_served_through_nginx(stack: Stack) -> None:
+    assert stack.http.get("/metrics").status_code == 404
+    assert stack.apis[0].http.get("/metrics").status_code == 200  # the inside network still can
