@@ -7,7 +7,9 @@ Starts a throwaway `redis-server --save "" --appendonly no` on a free port
 (never the shared 6379) and measures, each on an empty prefix:
 
 1. single submits: 50 coroutines of one AsyncClient, one task per call;
-2. batched submits: calls of 500 tasks, one after the other;
+2. batched submits: calls of 500 tasks, one after the other from one coroutine,
+   then from two (a big call is a script call of its own, so while Redis
+   stores one caller's batch the other builds its next: the two cores overlap);
 3. drain: `--tasks` no-op tasks queued first, then N `task-queue worker`
    processes (WORKER_COUNT and WORKER_PREFETCH from the flags, LOG_LEVEL
    warning) run them. As for the peers
@@ -38,23 +40,20 @@ SUBMITTERS = 50
 BATCH = 500
 
 
-async def submit_rate(url: str, prefix: str, tasks: int, *, batched: bool) -> float:
+async def submit_rate(url: str, prefix: str, tasks: int, *, batch: int, callers: int) -> float:
+    """`callers` coroutines of one AsyncClient submit `tasks` in calls of `batch` tasks."""
     backend = RedisBackend(url, max_waiting=tasks, prefix=prefix)
     await backend.open()
     client = AsyncClient(backend)
     request = TaskRequest(type="noop")
+
+    async def submitter(share: int) -> None:
+        for first in range(0, share, batch):
+            await client.submit_requests([request] * min(batch, share - first))
+
+    shares = [tasks // callers + (i < tasks % callers) for i in range(callers)]
     started = time.perf_counter()
-    if batched:
-        for first in range(0, tasks, BATCH):
-            await client.submit_requests([request] * min(BATCH, tasks - first))
-    else:
-
-        async def submitter(share: int) -> None:
-            for _ in range(share):
-                await client.submit_requests([request])
-
-        shares = [tasks // SUBMITTERS + (i < tasks % SUBMITTERS) for i in range(SUBMITTERS)]
-        await asyncio.gather(*(submitter(n) for n in shares))
+    await asyncio.gather(*(submitter(n) for n in shares))
     elapsed = time.perf_counter() - started
     await backend.close()
     return tasks / elapsed
@@ -117,10 +116,13 @@ async def main() -> None:
     server, url = start_redis()
     rows: list[tuple[str, float]] = []
     try:
-        single = await submit_rate(url, "single", args.tasks, batched=False)
-        rows.append(("single submits, 50 coroutines", single))
-        batched = await submit_rate(url, "batched", args.tasks, batched=True)
-        rows.append((f"batched submits, {BATCH} per call", batched))
+        single = await submit_rate(url, "single", args.tasks, batch=1, callers=SUBMITTERS)
+        rows.append((f"single submits, {SUBMITTERS} coroutines", single))
+        for callers in (1, 2):
+            rate = await submit_rate(
+                url, f"batched{callers}", args.tasks, batch=BATCH, callers=callers
+            )
+            rows.append((f"batched submits, {BATCH} per call, {callers} caller(s)", rate))
         for count in (int(n) for n in args.workers.split(",")):
             rate = await drain_rate(url, args.tasks, count, args)
             config = f"WORKER_COUNT {args.worker_count}, WORKER_PREFETCH {args.prefetch}"

@@ -133,11 +133,10 @@ class AsyncClient:
     async def close(self) -> None:
         await self.backend.close()
 
-    def build(self, request: TaskRequest, *, request_id: str | None = None) -> Task:
+    def build(self, request: TaskRequest, *, now: float, request_id: str | None = None) -> Task:
         """The task a request describes; UnknownTaskType or PayloadError when it cannot run."""
         kind = self.registry.get(request.type)
         kind.validate(request.payload)
-        now = self.clock.now()
         if request.run_at is not None:
             run_at: float | None = request.run_at.timestamp()
         elif request.delay_seconds is not None:
@@ -163,8 +162,13 @@ class AsyncClient:
     async def submit_requests(
         self, requests: Sequence[TaskRequest], *, request_id: str | None = None
     ) -> list[Submitted]:
-        """Validate and store a batch, all or none."""
-        tasks = [self.build(r, request_id=request_id) for r in requests]
+        """Validate and store a batch, all or none.
+
+        Its tasks are created at one moment, so they share created_at and (unless
+        delayed) run_at, and keep their order in the batch among themselves.
+        """
+        now = self.clock.now()
+        tasks = [self.build(r, now=now, request_id=request_id) for r in requests]
         return await self.backend.enqueue(tasks)
 
     async def submit(

@@ -258,6 +258,30 @@ async def test_batch_is_all_or_none(backend: Backend, clock: ManualClock) -> Non
         await backend.get(batch[0].id)
 
 
+async def test_a_large_batch_keeps_the_rules_of_a_small_one(
+    backend: Backend, clock: ManualClock
+) -> None:
+    """Redis sends a batch this large as a script call of its own rather than merged
+    with its tick's: the answers, the bound and all-or-none must not change."""
+    backend.max_waiting = 150
+    first = make(clock, idempotency_key="k", request_hash="h")
+    await backend.enqueue([first])
+    batch = [make(clock) for _ in range(99)] + [make(clock, idempotency_key="k", request_hash="h")]
+    results = await backend.enqueue(batch)
+    assert [r.created for r in results] == [True] * 99 + [False]
+    assert results[-1].task.id == first.id
+    assert [r.task.id for r in results[:99]] == [t.id for t in batch[:99]]
+    conflicting = [make(clock) for _ in range(99)]
+    conflicting.append(make(clock, idempotency_key="k", request_hash="other"))
+    with pytest.raises(IdempotencyConflict):
+        await backend.enqueue(conflicting)
+    with pytest.raises(QueueFull):
+        await backend.enqueue([make(clock) for _ in range(100)])
+    assert (await backend.stats()).waiting == 100
+    with pytest.raises(TaskNotFound):
+        await backend.get(conflicting[0].id)
+
+
 async def test_concurrent_dequeuers_never_share_a_task(
     backend: Backend, clock: ManualClock
 ) -> None:

@@ -81,6 +81,10 @@ SCRIPTS = (
 # Scripts whose calls of one tick become one call: each caller's arguments are a
 # group of their own and the script answers one value per group.
 MERGED = frozenset({"enqueue", "finish"})
+# A submit of this many tasks goes to Redis as a script call of its own, not merged
+# into its tick's: its own work dwarfs a call's cost, and concurrent big submits
+# then overlap, one caller building its batch while Redis stores another's.
+OWN_CALL_TASKS = 64
 # How long a parked worker may be handed tasks without parking again; it parks anew
 # after every wait (at most IDLE_POLL_SECONDS), so this bounds what a worker that
 # died while parked can be handed: those tasks come back when their lease expires.
@@ -365,12 +369,15 @@ class RedisBackend(Backend):
     async def enqueue(self, tasks: Sequence[Task]) -> list[Submitted]:
         if not tasks:
             return []
-        # All or none for this call; the calls of one tick share one script call.
+        # All or none for this call; the small calls of one tick share one script call.
         now, stamp = repr(self.clock.now()), new_lease_token()
         args: list[Any] = [self.max_waiting, now, stamp, len(tasks)]
         for task in tasks:
             args += codec.enqueue_args(task)
-        answer = await self._batcher.call("enqueue", args)
+        if len(tasks) >= OWN_CALL_TASKS:
+            [answer] = await self._script("enqueue", *args)
+        else:
+            answer = await self._batcher.call("enqueue", args)
         kind, detail = answer
         if kind == "conflict":
             raise IdempotencyConflict(
@@ -378,10 +385,10 @@ class RedisBackend(Backend):
             )
         if kind == "full":
             raise self._full(detail)
+        if not detail:  # every task is new
+            return [Submitted(task, True) for task in tasks]
         return [
-            Submitted(codec.decode(codec.pairs(first)), created=False)
-            if first
-            else Submitted(task, created=True)
+            Submitted(codec.decode(codec.pairs(first)), False) if first else Submitted(task, True)
             for task, first in zip(tasks, detail, strict=True)
         ]
 

@@ -10,6 +10,7 @@ flag, each a field of its own (lib.lua lists them). `decode` lays those over
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import orjson
 from task_queue.task import Task, TaskStatus
 
 
+@functools.lru_cache(maxsize=1024)  # a batch's tasks share priority and run_at
 def ready_rank(priority: int, run_at: float) -> str:
     """The leading part of a task's member in its ready zset (see lib.lua).
 
