@@ -146,7 +146,10 @@ class WorkerPool:
                 continue
             failures = 0
             self._take(tasks, asked_at)
-            self._start_buffered()
+            if self._start_buffered():
+                # Let the handlers just started begin before the next dequeue or park
+                # is built and sent: a handed task starts a send's time sooner.
+                await asyncio.sleep(0)
         await self._end_waiting()
         await self._hand_back_buffer()
 
@@ -257,14 +260,16 @@ class WorkerPool:
         self._lease_until.pop(task_id, None)
         return self._buffer.pop(task_id, None)
 
-    def _start_buffered(self) -> None:
-        """Start buffered tasks, oldest first, while slots are free and the pool is not stopping.
+    def _start_buffered(self) -> int:
+        """Start buffered tasks, oldest first, while slots are free and the pool is not stopping;
+        how many started.
 
         A task whose lease may have run out (a long pause without heartbeats) is
         not started: another worker may hold it already. It is handed back; if
         it was taken over, the backend refuses that and nothing changes.
         """
         now = self._clock.now()
+        started = 0
         while self._buffer and len(self._running) < self.capacity and not self._stopping.is_set():
             task = self._buffer[next(iter(self._buffer))]
             if self._lease_until[task.id] <= now:
@@ -272,7 +277,9 @@ class WorkerPool:
                 self._spawn(self._hand_back(task))
             else:
                 self._running[task.id] = self._spawn(self._execute(task.began(now)))
+                started += 1
             self._unbuffer(task.id)
+        return started
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` as a task that drain() and abort() wait for."""
