@@ -164,8 +164,8 @@ def load_script(name: str) -> str:
 class _Batcher:
     """Script calls made in one event-loop tick, sent to Redis as one pipeline.
 
-    Each call appends to `pending`; the first one of a tick schedules a flush with
-    call_soon, which runs after every coroutine ready in this tick had its turn.
+    Each call appends to `pending`; the first one of a tick starts a flush task,
+    whose first step runs after every coroutine ready in this tick had its turn.
     The flush sends the calls as EVALSHAs in one non-transactional pipeline (each
     script stays atomic on its own) and hands every caller its own answer or its
     own error, so one caller's LeaseLost or script error touches no other. Calls
@@ -183,16 +183,13 @@ class _Batcher:
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((name, args, future))
         if len(self._pending) == 1:
-            loop.call_soon(self._start_flush)
+            flush = asyncio.create_task(self._flush())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
         return await future
 
-    def _start_flush(self) -> None:
+    async def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        flush = asyncio.create_task(self._flush(batch))
-        self._flushes.add(flush)
-        flush.add_done_callback(self._flushes.discard)
-
-    async def _flush(self, batch: list[tuple[str, Sequence[Any], asyncio.Future[Any]]]) -> None:
         calls: list[tuple[str, list[Any]]] = []
         places: list[tuple[int, int | None]] = []  # per caller: its call, its part of a merged one
         merged: dict[str, int] = {}  # name -> its call
