@@ -49,14 +49,19 @@ class RedisServer:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self, *options: str) -> None:
+        """Start redis-server on this port and directory (again, after a test killed
+        it), without snapshots and with `options` on top; return once it answers."""
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "no",
-                "--dir", str(workdir),
+                "--dir", str(self.workdir),
+                *options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

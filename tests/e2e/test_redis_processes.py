@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from tests.backends.redis_server import REDIS_SERVER, START_TIMEOUT, RedisServer, _answers_ping
+from tests.backends.redis_server import RedisServer
 from tests.e2e.processes import Launcher, TaskQueueProcess, wait_for
 
 BATCH = 1000  # the most POST /api/v1/tasks/batch takes
@@ -429,20 +428,7 @@ def test_redis_restart_with_aof_always_loses_no_acknowledged_task(
         # The hardest restart: no chance to flush anything on the way down.
         own_redis.process.kill()
         own_redis.process.wait(5)
-        own_redis.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(own_redis.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--dir", str(own_redis.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(lambda: _answers_ping(own_redis.port), START_TIMEOUT, "redis to restart")
+        own_redis.start("--appendonly", "yes", "--appendfsync", "always")
 
 
 def test_redis_paused_for_three_seconds_under_load_recovers_by_itself(
@@ -493,12 +479,7 @@ def test_redis_down_gives_503s_and_workers_wait_for_it_without_crashing(
     assert max(pauses) <= 10.0
     assert worker.popen.poll() is None, worker.stderr()
 
-    own_redis.process = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(own_redis.port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: _answers_ping(own_redis.port), START_TIMEOUT, "redis to restart")
+    own_redis.start()
     wait_for(lambda: api.http.get("/api/v1/health").status_code == 200, 15, "health again")
     task_id = api.submit("record", {"path": str(record)})["id"]
     assert api.wait_final(task_id, seconds=30)["status"] == "completed"
