@@ -14,7 +14,13 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from task_queue._clock import ManualClock
-from task_queue.backends.redis import PARK_SECONDS, SCRIPTS, RedisBackend, load_script
+from task_queue.backends.redis import (
+    OWN_CALL_TASKS,
+    PARK_SECONDS,
+    SCRIPTS,
+    RedisBackend,
+    load_script,
+)
 from task_queue.backends.redis_codec import ready_rank
 from task_queue.errors import BackendUnavailable, LeaseLost
 from task_queue.task import Task, TaskStatus
@@ -238,6 +244,21 @@ async def test_single_submits_of_one_tick_share_a_script_call_and_keep_their_ans
     assert [a[0].created for a in answers[:5]] == [True] * 5  # type: ignore[index]
     assert type(answers[5]).__name__ == "IdempotencyConflict"
     assert (await redis_backend.stats()).by_status == {"pending": 6}
+
+
+async def test_big_submits_of_one_tick_are_script_calls_of_their_own(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
+) -> None:
+    """So that concurrent big submitters overlap: while Redis stores one batch, the
+    next caller's is built and sent rather than held for the same call."""
+    batches = [[make(clock) for _ in range(OWN_CALL_TASKS)] for _ in range(2)]
+    before = await calls(raw)
+    answers = await asyncio.gather(*(redis_backend.enqueue(batch) for batch in batches))
+    assert await calls(raw) == before + 2
+    assert [[s.task.id for s in answer] for answer in answers] == [
+        [task.id for task in batch] for batch in batches
+    ]
+    assert (await redis_backend.stats()).by_status == {"pending": 2 * OWN_CALL_TASKS}
 
 
 async def test_submits_merged_into_one_call_meet_the_waiting_bound_one_by_one(

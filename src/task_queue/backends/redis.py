@@ -162,7 +162,8 @@ def load_script(name: str) -> str:
 
 
 class _Batcher:
-    """Script calls made in one event-loop tick, sent to Redis as one pipeline.
+    """Script calls made in one event-loop tick, sent to Redis as one pipeline
+    (a lone call as a plain command).
 
     Each call appends to `pending`; the first one of a tick starts a flush task,
     whose first step runs after every coroutine ready in this tick had its turn.

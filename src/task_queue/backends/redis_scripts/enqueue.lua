@@ -55,7 +55,7 @@ local function store(base)
   local key = ARGV[base + 6]
   seq = seq + 1
   redis.call('HSET', task_key(id), 'd', ARGV[base + 8], 's', status, 'q', queue, 'r', rank,
-    'seq', seq, 'rev', '0')  -- no field table to unpack: a sixth of this script's cost
+    'seq', seq, 'rev', '0')  -- no field table to unpack: a seventh of this script's cost
   if key ~= '' then
     redis.call('HSET', task_key(id), 'h', ARGV[base + 7])
     redis.call('SET', P .. 'idem:' .. key, id)
