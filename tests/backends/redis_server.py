@@ -19,17 +19,11 @@ from typing import Protocol, TypeVar
 import pytest
 
 from tests.debian import require
+from tests.local import free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
 START_TIMEOUT = 10.0  # seconds for the server to answer PING
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers_ping(port: int) -> bool:

@@ -8,7 +8,6 @@ prefix per test, prefixes land on the slots of all three cluster nodes.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,22 +22,15 @@ from tests.backends.redis_server import (
     in_temporary_dir,
 )
 from tests.debian import require
+from tests.local import wait_for
 
 REDIS_CLI = "/usr/bin/redis-cli"
 SENTINEL_SERVICE = "mymaster"
 
 
 def _wait(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            if check():
-                return
-        except redis.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gave up waiting for {what}")
-        time.sleep(0.05)  # polling a process start-up, not a test's timing
+    """Poll a server that may still refuse connections: an error is "not yet"."""
+    wait_for(check, START_TIMEOUT, what, ignoring=(redis.RedisError,))
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -8,10 +8,9 @@ and hand-overs to parked workers across cluster nodes, and one prefix living on 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from task_queue.task import Task, TaskStatus
 from tests.backends.parking import park
 from tests.backends.redis_server import RedisServer
 from tests.backends.redis_topologies import RedisCluster, RedisSentinel
+from tests.local import wait_for
 
 LEASE = 30.0
 
@@ -261,7 +261,7 @@ async def test_cluster_that_lost_a_primary_is_unavailable_to_every_prefix(
 
         with pytest.raises(BackendUnavailable):
             await backends[lost].enqueue([make(clock)])
-        wait_until(lambda: cluster.state(survivor) == "fail", "the survivors to see CLUSTERDOWN")
+        wait_for(lambda: cluster.state(survivor) == "fail", 10, "the survivors to see CLUSTERDOWN")
         for backend in backends.values():
             with pytest.raises(BackendUnavailable):
                 await backend.enqueue([make(clock)])
@@ -271,13 +271,6 @@ async def test_cluster_that_lost_a_primary_is_unavailable_to_every_prefix(
         for backend in backends.values():
             await backend.close()
         cluster.stop()
-
-
-def wait_until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)  # polling Redis's own failure detection, not a test's timing
 
 
 # Sentinel -----------------------------------------------------------------------------

@@ -14,15 +14,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from task_queue.config import Settings
-
-T = TypeVar("T")
+from tests.local import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_QUEUE = str(Path(sys.executable).with_name("task-queue"))
@@ -30,18 +29,10 @@ HANDLERS_MODULE = "tests.e2e.handlers"
 
 READY_SECONDS = 15.0  # a process that does not answer by then is broken
 STOP_GRACE_SECONDS = 10.0  # after SIGTERM, then SIGKILL
-POLL_SECONDS = 0.02
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 # Inherited settings would leak the developer's environment into the processes.
 _SETTING_NAMES = {name.upper() for name in Settings.model_fields} | {"TASK_QUEUE_URL"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def process_env(settings: Mapping[str, object]) -> dict[str, str]:
@@ -58,18 +49,6 @@ def process_env(settings: Mapping[str, object]) -> dict[str, str]:
     )
     env.update({name: str(value) for name, value in settings.items()})
     return env
-
-
-def wait_for(check: Callable[[], T | None], seconds: float, what: str) -> T:
-    """The first truthy value of check(), polled until `seconds` have passed."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {seconds:g} s waiting for {what}")
-        time.sleep(POLL_SECONDS)
 
 
 class TaskQueueProcess:
