@@ -18,7 +18,7 @@ import redis
 from structlog.testing import capture_logs
 
 from task_queue._clock import ManualClock
-from task_queue.backends.redis import RedisBackend
+from task_queue.backends.redis import OWN_CALL_TASKS, RedisBackend
 from task_queue.backends.redis_connect import RedisAddress, connect, parse_redis_url, redacted
 from task_queue.errors import BackendUnavailable, ConfigError
 from task_queue.task import Task, TaskStatus
@@ -159,14 +159,28 @@ async def test_no_topology_lets_redis_py_send_a_command_again(
 async def test_scripts_flushed_from_every_server_are_loaded_again(
     topology_url: str, topology_backend: RedisBackend, clock: ManualClock
 ) -> None:
-    for port in _data_ports(topology_url):
-        with redis.Redis(port=port) as node:
-            node.script_flush()
-    # Batched EVALSHAs (a cluster pipeline) and single ones (AsyncScript) both reload.
-    submitted = await asyncio.gather(*(topology_backend.enqueue([make(clock)]) for _ in range(3)))
-    assert all(s[0].created for s in submitted)
-    leased = await topology_backend.dequeue(["default"], 3, worker_id="w", lease_seconds=LEASE)
+    def flush_scripts() -> None:
+        for port in _data_ports(topology_url):
+            with redis.Redis(port=port) as node:
+                node.script_flush()
+
+    # Each way a script call is sent loads the script again after a NOSCRIPT:
+    # a big submit on its own (AsyncScript), ...
+    flush_scripts()
+    big = await topology_backend.enqueue([make(clock) for _ in range(OWN_CALL_TASKS)])
+    assert all(s.created for s in big)
+    # ... the calls of one tick in a pipeline (a cluster pipeline on a cluster), ...
+    flush_scripts()
+    submitted, leased = await asyncio.gather(
+        topology_backend.enqueue([make(clock)]),
+        topology_backend.dequeue(["default"], 3, worker_id="w", lease_seconds=LEASE),
+    )
+    assert submitted[0].created
     assert [t.status for t in leased] == [TaskStatus.RUNNING] * 3
+    # ... and a call alone in its tick, as a plain EVALSHA.
+    flush_scripts()
+    [alone] = await topology_backend.dequeue(["default"], 1, worker_id="w", lease_seconds=LEASE)
+    assert alone.status is TaskStatus.RUNNING
 
 
 def _data_ports(url: str) -> list[int]:
