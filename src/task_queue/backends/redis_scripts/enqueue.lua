@@ -85,16 +85,16 @@ while at <= #ARGV do
   local first_task = at + 4
   local firsts, refusal = check(first_task, n, max_waiting)
   if firsts then
-    local found = {}  -- stays empty when every task of the group is new
+    local any_stored_before = false
     for i, first in ipairs(firsts) do
       if first then
-        found = false
+        any_stored_before = true
       else
         store(first_task + (i - 1) * W)
       end
     end
-    if not found then
-      found = {}
+    local found = {}  -- empty when every task of the group is new
+    if any_stored_before then
       for i, first in ipairs(firsts) do
         found[i] = first and redis.call('HGETALL', task_key(first.id)) or {}
       end
