@@ -22,6 +22,7 @@ from task_queue.backends.redis import (
     load_script,
 )
 from task_queue.backends.redis_codec import ready_rank
+from task_queue.backends.redis_connect import connect
 from task_queue.errors import BackendUnavailable, LeaseLost
 from task_queue.task import Task, TaskStatus
 from tests.backends.parking import park
@@ -319,6 +320,39 @@ async def test_a_redis_password_never_reaches_an_error_message(clock: ManualCloc
     for raised in (not_open, unreachable):
         assert "s3cret-pw" not in str(raised.value)
         assert f"127.0.0.1:{port}" in str(raised.value)
+
+
+async def test_a_pooled_connection_the_server_closed_is_opened_again(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    """Nothing sends a command twice (retries are off): the pool itself must see
+    the closed connection before it hands it to the next command."""
+    connection = connect(redis_server.url)
+    client = connection.client
+    try:
+        await client.set("closed-under-it", "v")
+        await raw.client_kill_filter(_id=await client.client_id())
+        await raw.ping()  # by its answer, the server's close reached this process too
+        assert await client.get("closed-under-it") == "v"
+    finally:
+        await connection.aclose()
+
+
+async def test_a_pooled_connection_with_an_unread_answer_is_not_used_again(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    connection = connect(redis_server.url)
+    client = connection.client
+    try:
+        await client.set("stale-answer", "v")
+        pool = client.connection_pool
+        pooled = await pool.get_connection()
+        await pooled.send_command("PING")  # its PONG is never read
+        await pool.release(pooled)
+        await raw.ping()  # by its answer, the PONG reached this process too
+        assert await client.get("stale-answer") == "v"
+    finally:
+        await connection.aclose()
 
 
 # -- parked workers: a task handed over in the submit's own script ---------------------
