@@ -222,17 +222,21 @@ def latency(
     # A worker that keeps up starts the last job within milliseconds of its submit;
     # one that cannot (RQ) is cut 5 s after the last submit and reported as such.
     seen, why = _wait_latencies(procs, count, 5.0)
-    ms = sorted(float(v) * 1000 for v in client.lrange(LATENCIES, 0, -1))
+    ms = [float(v) * 1000 for v in client.lrange(LATENCIES, 0, -1)]
     if not ms:
         return {"error": why or "no job started"}
+    return {"submitted": count, **percentiles(ms), "samples_ms": ms, "error": why}
+
+
+def percentiles(ms: list[float]) -> dict[str, Any]:
+    """How many delays, and their p50/p90/p99/max, in milliseconds."""
+    ms = sorted(ms)
     return {
-        "submitted": count,
         "started": len(ms),
         "p50_ms": round(ms[len(ms) // 2], 2),
         "p90_ms": round(ms[max(0, int(len(ms) * 0.90) - 1)], 2),
         "p99_ms": round(ms[max(0, int(len(ms) * 0.99) - 1)], 2),
         "max_ms": round(ms[-1], 2),
-        "error": why,
     }
 
 

@@ -11,6 +11,10 @@ Flags:
   --latency          also measure submit-to-start latency with one worker process
   --rate R           latency: steady submits per second (default 200)
   --seconds S        latency: seconds of submits (default 5, so 1,000 jobs)
+  --rounds N         latency: measure every peer N times, in turns whose order
+                     alternates, and pool each peer's delays (default 1): the VM's
+                     speed drifts over minutes, and pooling spreads the drift over
+                     every peer alike instead of favouring whoever ran first
   --no-drain         latency only
   --only a,b         a subset of: celery, rq, dramatiq, arq, taskiq, saq, huey, task-queue
   --timeout S        drain budget per run, seconds (default 120; RQ, which forks per
@@ -50,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from _common import percentiles
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -192,6 +197,12 @@ def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def lowest_p99(peers: list[Result]) -> Result | None:
+    """The peer with the lowest p99 among those that started every job."""
+    measured = [r for r in peers if r.get("p99_ms") and r.get("started") == r.get("submitted")]
+    return min(measured, key=lambda r: r["p99_ms"]) if measured else None
+
+
 def latency_table(results: list[Result], rate: float, seconds: float) -> str:
     peers, ours = by_peer(results)
     our_p99 = ours.get("p99_ms") if ours else None
@@ -210,9 +221,8 @@ def latency_table(results: list[Result], rate: float, seconds: float) -> str:
             f"| {ms(r.get('p90_ms'))} | {ms(r.get('p99_ms'))} | {ms(r.get('max_ms'))} "
             f"| {'' if is_us else ratio(our_p99, r.get('p99_ms'))} | {r['notes']} |"
         )
-    measured = [r for r in peers if r.get("p99_ms") and r.get("started") == r.get("submitted")]
-    if measured:
-        best = min(measured, key=lambda r: r["p99_ms"])
+    best = lowest_p99(peers)
+    if best:
         verdict = "-" if our_p99 is None else ("yes" if our_p99 <= best["p99_ms"] else "NO")
         rows.append(
             f"\nBest peer p99: {best['peer']} {ms(best['p99_ms'])} ms; task-queue p99 "
@@ -220,6 +230,36 @@ def latency_table(results: list[Result], rate: float, seconds: float) -> str:
             f"(issue asks no worse than the best peer: {verdict})."
         )
     return "\n".join(rows)
+
+
+def pooled(rounds: list[list[Result]], order: list[str]) -> list[Result]:
+    """Each peer's rounds as one result: its delays pooled, its jobs summed."""
+    merged = []
+    for peer in order:
+        results = [r for results in rounds for r in results if r["peer"] == peer]
+        samples = [delay for r in results for delay in r.get("samples_ms", [])]
+        if not samples:
+            merged.append(results[0])
+            continue
+        errors = dict.fromkeys(r["error"] for r in results if r.get("error"))
+        merged.append(
+            {
+                **results[0],
+                "submitted": sum(r.get("submitted", 0) for r in results),
+                **percentiles(samples),
+                "error": "; ".join(errors),
+            }
+        )
+    return merged
+
+
+def best_ratio(results: list[Result]) -> str:
+    """One round's task-queue p99 over its best peer's, as `0.93x (huey)`."""
+    peers, ours = by_peer(results)
+    best = lowest_p99(peers)
+    if not best or not ours or not ours.get("p99_ms"):
+        return "-"
+    return f"{ratio(ours['p99_ms'], best['p99_ms'])} ({best['peer']})"
 
 
 def parse_args() -> argparse.Namespace:
@@ -232,6 +272,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency", action="store_true", help="also measure latency")
     parser.add_argument("--rate", type=float, default=200.0, help="latency: submits per second")
     parser.add_argument("--seconds", type=float, default=5.0, help="latency: seconds of submits")
+    parser.add_argument("--rounds", type=int, default=1, help="latency: turns, pooled")
     parser.add_argument("--no-drain", action="store_true", help="skip the drain part")
     parser.add_argument("--only", default=",".join([*PEERS, US]), help="comma-separated")
     parser.add_argument("--timeout", type=float, default=120.0, help="drain budget per run, s")
@@ -247,6 +288,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--workers takes comma-separated integers, e.g. 1,2")
     if not args.counts or min(args.counts) < 1:
         parser.error("--workers needs counts >= 1")
+    if args.rounds < 1:
+        parser.error("--rounds needs at least 1")
     return args
 
 
@@ -258,14 +301,15 @@ def main() -> None:
     server, url = start_redis()
     client = redis.Redis.from_url(url)
     drains: dict[int, list[Result]] = {}
-    latencies: list[Result] = []
+    rounds: list[list[Result]] = []
     began = time.perf_counter()
 
     def run(peer: str, what: str, flags: list[str], budget: float) -> Result:
         client.flushall()
         print(f"running {peer} {what} ...", file=sys.stderr, flush=True)
         result = run_one(peer, url, flags, budget, tq)
-        print(json.dumps(result), file=sys.stderr, flush=True)
+        shown = {k: v for k, v in result.items() if k != "samples_ms"}
+        print(json.dumps(shown), file=sys.stderr, flush=True)
         return result
 
     try:
@@ -281,9 +325,10 @@ def main() -> None:
                     drains[k].append(run(p, what, flags, timeout + 180))
         if args.latency:
             flags = ["--latency", "--rate", str(args.rate), "--seconds", str(args.seconds)]
-            latencies = [
-                run(p, f"latency at {args.rate:g}/s", flags, args.seconds + 180) for p in order
-            ]
+            for turn in range(args.rounds):
+                what = f"latency at {args.rate:g}/s, round {turn + 1} of {args.rounds}"
+                peers = order if turn % 2 == 0 else order[::-1]
+                rounds.append([run(p, what, flags, args.seconds + 180) for p in peers])
     finally:
         server.terminate()
         server.wait()
@@ -300,9 +345,15 @@ def main() -> None:
             "\nProducer: one sequential enqueue call per job (task-queue: AsyncClient.submit), "
             "all N enqueued before the workers start; drain/s counts from the first completion."
         )
-    if latencies:
+    if rounds:
         print()
-        print(latency_table(latencies, args.rate, args.seconds))
+        print(latency_table(pooled(rounds, order), args.rate, args.seconds * len(rounds)))
+        if len(rounds) > 1:
+            by_round = ", ".join(best_ratio(results) for results in rounds)
+            print(
+                f"\n{len(rounds)} rounds pooled; task-queue p99 / best peer p99, "
+                f"round by round: {by_round}."
+            )
 
 
 if __name__ == "__main__":
