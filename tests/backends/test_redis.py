@@ -442,24 +442,69 @@ async def test_stop_waiting_ends_the_wait_and_returns_what_was_handed_but_not_ta
     assert await asyncio.wait_for(waiting, 5) == []
 
 
-async def test_a_submit_to_many_parked_workers_stops_once_its_task_is_handed(
-    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
+@pytest.mark.parametrize(
+    ("tasks", "reads"),
+    [
+        (1, 1),  # lib.lua's hand_over: the park read; the new task is in the call already
+        (2, 3),  # feed: the park read and one read of each leased task
+    ],
+)
+async def test_a_submit_to_many_parked_workers_stops_once_its_tasks_are_handed(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, tasks: int, reads: int
 ) -> None:
     """Walking every idle worker on every submit would cost Redis calls per worker."""
     waits = [await park(redis_backend, f"w{i}", queues=[], limit=5) for i in range(20)]
     try:
         before = await calls(raw, "hmget")
-        task = make(clock)
-        await redis_backend.enqueue([task])
+        submitted = [make(clock) for _ in range(tasks)]
+        await redis_backend.enqueue(submitted)
         after = await calls(raw, "hmget")
         done, _ = await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
-        assert [t.id for t in done.pop().result()] == [task.id]
-        # One park read, one read of the leased task: the other 19 workers were not visited.
-        assert after - before == 2
+        handed = done.pop().result()
+        handed += await redis_backend.dequeue(
+            [], 5, worker_id=handed[0].worker_id or "", lease_seconds=LEASE
+        )
+        assert [t.id for t in handed] == [t.id for t in submitted]
+        assert after - before == reads  # the other 19 workers were not visited
     finally:
         for waiting in waits:
             waiting.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def test_a_lone_task_handed_over_is_stored_leased_like_one_dequeued(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    waiting = await park(redis_backend, "w")
+    task = make(clock, 1, idempotency_key="k", request_hash="h")
+    await redis_backend.enqueue([task])
+    [handed] = await asyncio.wait_for(waiting, 5)
+    expected = task.leased(
+        worker_id="w", token=handed.lease_token or "", now=clock.now(), lease_seconds=LEASE
+    )
+    assert handed == expected
+    assert await redis_backend.get(task.id) == expected
+    assert (await redis_backend.stats()).by_status == {"running": 1}
+    await redis_backend.finish(handed.completed(None, clock.now()), handed.lease_token or "")
+    assert (await redis_backend.get(task.id)).status is TaskStatus.COMPLETED
+
+
+async def test_a_lone_task_is_not_handed_over_ahead_of_a_pending_one_no_submit_fed(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, prefix: str
+) -> None:
+    """A task an older process left pending without feeding the parked workers
+    (a rolling upgrade) is still the first one taken from its queue."""
+    ready = f"{{{prefix}}}:ready:default"
+    high = make(clock, 9)
+    await redis_backend.enqueue([high])
+    [member] = await raw.zrange(ready, 0, -1)
+    await raw.zrem(ready, member)
+    waiting = await park(redis_backend, "w")
+    await raw.zadd(ready, {member: 0})  # pending, and no submit fed it to "w"
+    low = make(clock, 0)
+    await redis_backend.enqueue([low])
+    assert [t.id for t in await asyncio.wait_for(waiting, 5)] == [high.id]
+    assert (await redis_backend.get(low.id)).status is TaskStatus.PENDING
 
 
 async def test_a_worker_with_more_free_slots_than_lua_can_unpack_parks_and_is_fed(

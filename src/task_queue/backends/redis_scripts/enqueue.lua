@@ -1,18 +1,21 @@
 -- Store new tasks for several submitters in one call; each submitter's tasks are
 -- stored all or none: idempotency keys, the waiting bound, indexes.
 -- ARGV: [1] prefix, then one group per submitter: max_waiting, now, stamp (fresh,
--- random: tokens of tasks handed to parked workers), n, then 9 per task: id, status (pending or scheduled), queue, rank, run_at, type,
--- idempotency key ('' = none), request hash, task JSON.
+-- random: tokens of tasks handed to parked workers), n, then 9 per task: id,
+-- status (pending or scheduled), queue, rank, run_at, type, idempotency key
+-- ('' = none), request hash, task JSON.
 -- Returns one answer per group: {'ok', {r1, r2, ...}} where r is {} for a created
 -- task, else the HGETALL of the task stored first under its key ({'ok', {}} when
 -- every task of the group was created); {'conflict', key}; or {'full', waiting}.
 -- Cost: one HSET per task (and a GET, SET and HSET per idempotency key); the index
 -- and counter writes are one call per script call, whatever the number of
--- submitters and tasks.
+-- submitters and tasks. A call that makes one task pending, into an empty queue,
+-- hands it to a parked worker without the ready set (lib.lua's hand_over).
 local W = 9
-local waiting = waiting_count()
+local waiting, pending_before = waiting_count()
 local seq = tonumber(redis.call('HGET', COUNTS, 'seq') or '0')
 local ready, delayed, all, types, queues, scheduled = {}, {}, {}, {}, {}, 0
+local fresh = {}  -- the ARGV base of each task stored pending
 
 -- The tasks of one group that are already stored under their idempotency key
 -- (false for a fresh one), or nil and the refusal.
@@ -61,6 +64,7 @@ local function store(base)
     redis.call('SET', P .. 'idem:' .. key, id)
   end
   if status == 'pending' then
+    fresh[#fresh + 1] = base
     ready[queue] = ready[queue] or {}
     local members = ready[queue]
     members[#members + 1] = 0
@@ -106,6 +110,13 @@ while at <= #ARGV do
   at = first_task + n * W
 end
 
+if #fresh == 1 then  -- a lone task into an empty queue: straight to a parked worker
+  local base = fresh[1]
+  local id, queue, doc = ARGV[base], ARGV[base + 2], ARGV[base + 8]
+  if (pending_before[queue] or 0) == 0 and hand_over(now, stamp, id, queue, doc) then
+    ready[queue] = nil
+  end
+end
 for queue, members in pairs(ready) do
   each_chunk('ZADD', P .. 'ready:' .. queue, members, 2)
   woke = true

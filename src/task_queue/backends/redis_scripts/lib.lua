@@ -133,13 +133,15 @@ local function add_queues(names)
   end
 end
 
--- Pending tasks per queue and the total waiting (pending + scheduled + retrying).
+-- The total waiting (pending + scheduled + retrying), and the pending tasks of
+-- each known queue (queue -> count).
 local function waiting_count()
-  local total = redis.call('ZCARD', P .. 'delayed')
+  local total, pending = redis.call('ZCARD', P .. 'delayed'), {}
   for _, queue in ipairs(all_queues()) do
-    total = total + redis.call('ZCARD', P .. 'ready:' .. queue)
+    pending[queue] = redis.call('ZCARD', P .. 'ready:' .. queue)
+    total = total + pending[queue]
   end
-  return total
+  return total, pending
 end
 
 -- Due scheduled and retrying tasks become pending, as Task.promoted(now) does:
@@ -215,15 +217,20 @@ local function take(queues, limit)
   return popped
 end
 
--- Lease the popped tasks to `worker`, the i-th with tokens[i]. The lease is the
--- small fields l, x, w, n (above); the reader turns them into Task.leased()'s
--- running task with one more attempt. Returns {d, p, c} of each task.
+-- The lease is the small fields l, x, w, n (above); the reader turns them into
+-- Task.leased()'s running task with one more attempt.
+local function lease_one(key, token, now, expires, worker)
+  redis.call('HSET', key, 's', 'running', 'l', token, 'x', expires, 'w', worker, 'n', now,
+    'u', now, 'rev', token)
+end
+
+-- Lease the popped tasks to `worker`, the i-th with tokens[i]. Returns {d, p, c}
+-- of each task.
 local function lease(ids, tokens, now, expires, worker)
   local taken, leased = {}, {}
   for i, id in ipairs(ids) do
     local key, token = task_key(id), tokens[i]
-    redis.call('HSET', key, 's', 'running', 'l', token, 'x', expires, 'w', worker, 'n', now,
-      'u', now, 'rev', token)
+    lease_one(key, token, now, expires, worker)
     taken[i] = redis.call('HMGET', key, 'd', 'p', 'c')
     leased[#leased + 1] = expires
     leased[#leased + 1] = id
@@ -236,6 +243,32 @@ end
 
 local PARKED = P .. 'parked'
 local KEEP_PARKED = 600  -- seconds the keys of a worker that vanished while parked stay
+
+-- When a lease taken at `now` for `seconds` (text, as parks store them) runs out.
+local function lease_until(now, seconds)
+  return string.format('%.6f', tonumber(now) + tonumber(seconds))
+end
+
+-- One task handed to a parked worker, as its inbox holds it (c, p: '' when absent).
+local function inbox_item(token, expires, now, c, p, d)
+  return table.concat({token, expires, now, c or '', p or '', d}, '\n')
+end
+
+local function deliver(worker, items)
+  local inbox = P .. 'inbox:' .. worker
+  each_chunk('RPUSH', inbox, items, 1)
+  redis.call('EXPIRE', inbox, KEEP_PARKED)
+end
+
+-- `worker` could take `want` tasks and was handed `handed`: it leaves the parked
+-- set once it has no free slot left.
+local function count_off(worker, park, want, handed)
+  if handed == want then
+    redis.call('ZREM', PARKED, worker)
+  elseif handed > 0 then
+    redis.call('HSET', park, 'n', want - handed)
+  end
+end
 
 local function split(text)
   local names = {}
@@ -286,30 +319,57 @@ local function feed(now, stamp)
           tokens[k] = stamp .. '.' .. (handed + k)
         end
         handed = handed + #ids
-        local expires = string.format('%.6f', tonumber(now) + tonumber(info[2]))
+        local expires = lease_until(now, info[2])
         local items = {}
         for k, found in ipairs(lease(ids, tokens, now, expires, worker)) do
-          items[k] = table.concat({tokens[k], expires, now, found[3] or '', found[2] or '',
-            found[1]}, '\n')
+          items[k] = inbox_item(tokens[k], expires, now, found[3], found[2], found[1])
         end
-        local inbox = P .. 'inbox:' .. worker
-        each_chunk('RPUSH', inbox, items, 1)
-        redis.call('EXPIRE', inbox, KEEP_PARKED)
+        deliver(worker, items)
       end
-      if #ids == want then
-        redis.call('ZREM', PARKED, worker)
-      elseif #ids > 0 then
-        redis.call('HSET', park, 'n', want - #ids)
-      end
+      count_off(worker, park, want, #ids)
     end
   end
 end
 
+-- A pending task stored in this call, alone and into an empty queue, goes straight
+-- to the first parked worker that takes from its queue: leased where it was stored,
+-- never entering the ready set. That is feed's outcome (a worker parks only when its
+-- queues were empty, so the task is its best) with three commands fewer (ZADD, ZPOPMIN,
+-- HMGET), on the path that decides how soon a quiet queue starts a task. Returns
+-- whether it was handed.
+local function hand_over(now, stamp, id, queue, doc)
+  local flat = redis.call('ZRANGE', PARKED, 0, -1, 'WITHSCORES')
+  for i = 1, #flat, 2 do
+    local worker = flat[i]
+    if flat[i + 1] + 0 < now + 0 then
+      redis.call('ZREM', PARKED, worker)  -- as in feed
+    else
+      local park = P .. 'park:' .. worker
+      local info = redis.call('HMGET', park, 'q', 'ls', 'n')
+      local want = tonumber(info[3] or '0')
+      local takes = info[2] and want > 0
+      if takes and info[1] ~= '' then
+        takes = false
+        for _, name in ipairs(split(info[1])) do
+          takes = takes or name == queue
+        end
+      end
+      if takes then
+        local token, expires = stamp .. '.1', lease_until(now, info[2])
+        lease_one(task_key(id), token, now, expires, worker)
+        redis.call('ZADD', P .. 'leased', expires, id)
+        deliver(worker, {inbox_item(token, expires, now, '', '', doc)})
+        count_off(worker, park, want, 1)
+        return true
+      end
+    end
+  end
+  return false
+end
+
 -- End `worker`'s wait on its inbox, with nothing handed.
 local function end_wait(worker)
-  local inbox = P .. 'inbox:' .. worker
-  redis.call('RPUSH', inbox, '')
-  redis.call('EXPIRE', inbox, KEEP_PARKED)
+  deliver(worker, {''})
 end
 
 -- Without a time to lease by, end the parked workers' waits instead: they dequeue.
