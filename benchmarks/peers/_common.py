@@ -8,7 +8,8 @@ Every `<peer>_bench.py` (and `tq_bench.py` for task-queue) runs one of two modes
 - latency (`--latency`): start ONE worker process, warm it up, then submit jobs at a
   steady `--rate` per second for `--seconds`; each job carries its submit time
   (time.time(), taken just before the enqueue call) and its handler RPUSHes
-  `time.time() - submitted` to `LATENCIES` when it starts. Percentiles come from that list.
+  `time.time() - submitted` to `LATENCIES` when it starts. run.py takes percentiles of
+  that list (pooled over its rounds).
 
 The Redis URL reaches the worker's import of the module through PEER_REDIS_URL.
 """
@@ -225,19 +226,8 @@ def latency(
     ms = [float(v) * 1000 for v in client.lrange(LATENCIES, 0, -1)]
     if not ms:
         return {"error": why or "no job started"}
-    return {"submitted": count, **percentiles(ms), "samples_ms": ms, "error": why}
-
-
-def percentiles(ms: list[float]) -> dict[str, Any]:
-    """How many delays, and their p50/p90/p99/max, in milliseconds."""
-    ms = sorted(ms)
-    return {
-        "started": len(ms),
-        "p50_ms": round(ms[len(ms) // 2], 2),
-        "p90_ms": round(ms[max(0, int(len(ms) * 0.90) - 1)], 2),
-        "p99_ms": round(ms[max(0, int(len(ms) * 0.99) - 1)], 2),
-        "max_ms": round(ms[-1], 2),
-    }
+    # run.py turns the delays of every round into percentiles
+    return {"submitted": count, "started": len(ms), "samples_ms": ms, "error": why}
 
 
 def run_peer(

@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from _common import percentiles
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -232,6 +231,23 @@ def latency_table(results: list[Result], rate: float, seconds: float) -> str:
     return "\n".join(rows)
 
 
+def percentiles(ms: list[float]) -> dict[str, Any]:
+    """How many delays, and their p50/p90/p99/max, in milliseconds."""
+    ms = sorted(ms)
+    return {
+        "started": len(ms),
+        "p50_ms": round(ms[len(ms) // 2], 2),
+        "p90_ms": round(ms[max(0, int(len(ms) * 0.90) - 1)], 2),
+        "p99_ms": round(ms[max(0, int(len(ms) * 0.99) - 1)], 2),
+        "max_ms": round(ms[-1], 2),
+    }
+
+
+def with_percentiles(result: Result) -> Result:
+    samples = result.get("samples_ms")
+    return {**result, **percentiles(samples)} if samples else result
+
+
 def pooled(rounds: list[list[Result]], order: list[str]) -> list[Result]:
     """Each peer's rounds as one result: its delays pooled, its jobs summed."""
     merged = []
@@ -308,7 +324,7 @@ def main() -> None:
         client.flushall()
         print(f"running {peer} {what} ...", file=sys.stderr, flush=True)
         result = run_one(peer, url, flags, budget, tq)
-        shown = {k: v for k, v in result.items() if k != "samples_ms"}
+        shown = {k: v for k, v in with_percentiles(result).items() if k != "samples_ms"}
         print(json.dumps(shown), file=sys.stderr, flush=True)
         return result
 
@@ -349,7 +365,9 @@ def main() -> None:
         print()
         print(latency_table(pooled(rounds, order), args.rate, args.seconds * len(rounds)))
         if len(rounds) > 1:
-            by_round = ", ".join(best_ratio(results) for results in rounds)
+            by_round = ", ".join(
+                best_ratio([with_percentiles(r) for r in results]) for results in rounds
+            )
             print(
                 f"\n{len(rounds)} rounds pooled; task-queue p99 / best peer p99, "
                 f"round by round: {by_round}."
