@@ -19,7 +19,13 @@ from structlog.testing import capture_logs
 
 from task_queue._clock import ManualClock
 from task_queue.backends.redis import OWN_CALL_TASKS, RedisBackend
-from task_queue.backends.redis_connect import RedisAddress, connect, parse_redis_url, redacted
+from task_queue.backends.redis_connect import (
+    RedisAddress,
+    _HiredisConnection,
+    connect,
+    parse_redis_url,
+    redacted,
+)
 from task_queue.errors import BackendUnavailable, ConfigError
 from task_queue.task import Task, TaskStatus
 from tests.backends.parking import park
@@ -152,6 +158,27 @@ async def test_no_topology_lets_redis_py_send_a_command_again(
         else:
             retry = client.connection_pool.connection_kwargs["retry"]
         assert retry.get_retries() == 0
+    finally:
+        await connection.aclose()
+
+
+@pytest.mark.parametrize("topology", ["redis_server", "redis_cluster", "redis_sentinel"])
+async def test_every_topology_packs_commands_with_hiredis(
+    request: pytest.FixtureRequest, topology: str
+) -> None:
+    """redis-py's asyncio connections pack in Python, a microsecond per argument."""
+    server: RedisServer | RedisCluster | RedisSentinel = request.getfixturevalue(topology)
+    connection = connect(server.url)
+    try:
+        client = connection.client
+        await client.set("{packed}:k", "v")  # the cluster learns its nodes
+        assert await client.get("{packed}:k") == "v"
+        if topology == "redis_cluster":
+            classes = [node.connection_class for node in client.get_nodes()]
+        else:
+            classes = [client.connection_pool.connection_class]
+        assert classes
+        assert all(issubclass(c, _HiredisConnection) for c in classes)
     finally:
         await connection.aclose()
 

@@ -145,22 +145,6 @@ def parse_redis_url(url: str) -> RedisAddress:
     )
 
 
-class _Cluster(RedisCluster):
-    """A RedisCluster whose failure to learn the cluster's layout is a ConnectionError.
-
-    redis-py raises a bare RedisClusterException when no startup node answers
-    or the slots are not all covered (a node down, a failover under way): the
-    same outage as a refused connection, and the backend treats it as one.
-    """
-
-    async def initialize(self) -> _Cluster:
-        try:
-            await super().initialize()
-        except redis_errors.RedisClusterException as exc:
-            raise redis_errors.ConnectionError(str(exc)) from exc
-        return self
-
-
 class _HiredisConnection:
     """A connection that packs commands with hiredis's C packer, as redis-py's sync
     client does, and tells the pool whether it is fit for a command without a read.
@@ -195,11 +179,40 @@ class _HiredisConnection:
         )
 
 
+def _hiredis_class(base: type[Any]) -> type[Any]:
+    return type(f"Hiredis{base.__name__}", (_HiredisConnection, base), {})
+
+
 def use_hiredis(client: aioredis.Redis) -> None:
     """Make every connection `client` opens from now on a _HiredisConnection."""
     pool = client.connection_pool
-    base = pool.connection_class
-    pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisConnection, base), {})
+    pool.connection_class = _hiredis_class(pool.connection_class)
+
+
+class _Cluster(RedisCluster):
+    """A RedisCluster whose connections pack with hiredis, and whose failure to learn
+    the cluster's layout is a ConnectionError.
+
+    redis-py raises a bare RedisClusterException when no startup node answers
+    or the slots are not all covered (a node down, a failover under way): the
+    same outage as a refused connection, and the backend treats it as one.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # RedisCluster takes no connection class: every node it learns is built from
+        # this dict (shared with its NodesManager); the startup nodes exist already.
+        hiredis_class = _hiredis_class(self.connection_kwargs["connection_class"])
+        self.connection_kwargs["connection_class"] = hiredis_class
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = hiredis_class
+
+    async def initialize(self) -> _Cluster:
+        try:
+            await super().initialize()
+        except redis_errors.RedisClusterException as exc:
+            raise redis_errors.ConnectionError(str(exc)) from exc
+        return self
 
 
 def _no_resend() -> Retry:
