@@ -21,6 +21,7 @@ from task_queue._clock import ManualClock
 from task_queue.backends.redis import OWN_CALL_TASKS, RedisBackend
 from task_queue.backends.redis_connect import (
     RedisAddress,
+    RedisConnection,
     _HiredisConnection,
     connect,
     parse_redis_url,
@@ -144,43 +145,36 @@ async def topology_backend(topology_url: str, clock: ManualClock) -> AsyncIterat
     await backend.close()
 
 
-@pytest.mark.parametrize("topology", ["redis_server", "redis_cluster", "redis_sentinel"])
-async def test_no_topology_lets_redis_py_send_a_command_again(
-    request: pytest.FixtureRequest, topology: str
-) -> None:
-    server: RedisServer | RedisCluster | RedisSentinel = request.getfixturevalue(topology)
+@pytest.fixture(params=["redis_server", "redis_cluster", "redis_sentinel"])
+async def connection(request: pytest.FixtureRequest) -> AsyncIterator[RedisConnection]:
+    """A client for each topology's URL (its `address.topology` says which)."""
+    server: RedisServer | RedisCluster | RedisSentinel = request.getfixturevalue(request.param)
     connection = connect(server.url)
-    try:
-        await connection.ping()
-        client = connection.client
-        if topology == "redis_cluster":
-            retry = client.retry  # the cluster's own loop, around every node's connection
-        else:
-            retry = client.connection_pool.connection_kwargs["retry"]
-        assert retry.get_retries() == 0
-    finally:
-        await connection.aclose()
+    yield connection
+    await connection.aclose()
 
 
-@pytest.mark.parametrize("topology", ["redis_server", "redis_cluster", "redis_sentinel"])
-async def test_every_topology_packs_commands_with_hiredis(
-    request: pytest.FixtureRequest, topology: str
-) -> None:
+async def test_no_topology_lets_redis_py_send_a_command_again(connection: RedisConnection) -> None:
+    await connection.ping()
+    client = connection.client
+    if connection.address.topology == "cluster":
+        retry = client.retry  # the cluster's own loop, around every node's connection
+    else:
+        retry = client.connection_pool.connection_kwargs["retry"]
+    assert retry.get_retries() == 0
+
+
+async def test_every_topology_packs_commands_with_hiredis(connection: RedisConnection) -> None:
     """redis-py's asyncio connections pack in Python, a microsecond per argument."""
-    server: RedisServer | RedisCluster | RedisSentinel = request.getfixturevalue(topology)
-    connection = connect(server.url)
-    try:
-        client = connection.client
-        await client.set("{packed}:k", "v")  # the cluster learns its nodes
-        assert await client.get("{packed}:k") == "v"
-        if topology == "redis_cluster":
-            classes = [node.connection_class for node in client.get_nodes()]
-        else:
-            classes = [client.connection_pool.connection_class]
-        assert classes
-        assert all(issubclass(c, _HiredisConnection) for c in classes)
-    finally:
-        await connection.aclose()
+    client = connection.client
+    await client.set("{packed}:k", "v")  # the cluster learns its nodes
+    assert await client.get("{packed}:k") == "v"
+    if connection.address.topology == "cluster":
+        classes = [node.connection_class for node in client.get_nodes()]
+    else:
+        classes = [client.connection_pool.connection_class]
+    assert classes
+    assert all(issubclass(c, _HiredisConnection) for c in classes)
 
 
 async def test_scripts_flushed_from_every_server_are_loaded_again(
