@@ -26,9 +26,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -38,6 +39,7 @@ BIN = Path(sys.executable).parent
 COUNTER = "peers:done"
 LATENCIES = "peers:latency"
 REDIS_URL = os.environ.get("PEER_REDIS_URL", "")
+T = TypeVar("T")
 
 _sync: redis.Redis | None = None
 _async: aioredis.Redis | None = None
@@ -181,6 +183,42 @@ async def apaced(send: Callable[[float], Awaitable[object]], n: int, rate: float
         if delay > 0:
             await asyncio.sleep(delay)
         await send(time.time())
+
+
+def run_async_peer(
+    peer: str,
+    dist: str,
+    session: Callable[[], AbstractAsyncContextManager[T]],
+    enqueue: Callable[[T], Awaitable[object]],
+    stamp: Callable[[T, float], Awaitable[object]],
+    worker_argv: list[str],
+    notes: str,
+    worker_env: dict[str, str] | None = None,
+) -> None:
+    """run_peer for a library whose producer is asyncio: `session()` opens and closes
+    its client, `enqueue(client)` submits one no-op job, `stamp(client, t)` one job
+    that records its start delay."""
+
+    async def enqueue_all(n: int) -> float:
+        async with session() as client:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await enqueue(client)
+            return time.perf_counter() - t0
+
+    async def submit_paced(n: int, rate: float) -> None:
+        async with session() as client:
+            await apaced(lambda t: stamp(client, t), n, rate)
+
+    run_peer(
+        peer,
+        dist,
+        lambda n: asyncio.run(enqueue_all(n)),
+        worker_argv,
+        notes,
+        lambda n, rate: asyncio.run(submit_paced(n, rate)),
+        worker_env,
+    )
 
 
 def _wait_latencies(

@@ -7,13 +7,13 @@ of latency). "arq with fast polling": 5 ms, ARQ_POLL_DELAY overrides it.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
-import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from _common import REDIS_URL, aincr, apaced, arecord, run_peer
-from arq import create_pool
+from _common import REDIS_URL, aincr, arecord, run_async_peer
+from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 
 POLL_DELAY = float(os.environ.get("ARQ_POLL_DELAY", "0.005"))
@@ -33,28 +33,20 @@ class WorkerSettings:
     poll_delay = POLL_DELAY
 
 
-async def enqueue_all(n: int) -> float:
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[ArqRedis]:
     pool = await create_pool(WorkerSettings.redis_settings)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        await pool.enqueue_job("noop")
-    elapsed = time.perf_counter() - t0
-    await pool.aclose()
-    return elapsed
-
-
-async def submit_paced(n: int, rate: float) -> None:
-    pool = await create_pool(WorkerSettings.redis_settings)
-    await apaced(lambda t: pool.enqueue_job("stamp", t), n, rate)
+    yield pool
     await pool.aclose()
 
 
 if __name__ == "__main__":
-    run_peer(
+    run_async_peer(
         "arq",
         "arq",
-        lambda n: asyncio.run(enqueue_all(n)),
+        session,
+        lambda pool: pool.enqueue_job("noop"),
+        lambda pool, t: pool.enqueue_job("stamp", t),
         ["arq", "arq_bench.WorkerSettings"],
         f"max_jobs=10, poll_delay={POLL_DELAY * 1000:g} ms (default 500 ms)",
-        lambda n, rate: asyncio.run(submit_paced(n, rate)),
     )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from _common import REDIS_URL, aincr, apaced, arecord, run_peer
+from _common import REDIS_URL, aincr, arecord, run_async_peer
 from saq import Queue
 
 queue = Queue.from_url(REDIS_URL)
@@ -23,28 +23,20 @@ async def stamp(ctx: dict[str, Any], *, submitted: float) -> None:
 settings = {"queue": queue, "functions": [noop, stamp], "concurrency": 10}
 
 
-async def enqueue_all(n: int) -> float:
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[Queue]:
     await queue.connect()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        await queue.enqueue("noop")
-    elapsed = time.perf_counter() - t0
-    await queue.disconnect()
-    return elapsed
-
-
-async def submit_paced(n: int, rate: float) -> None:
-    await queue.connect()
-    await apaced(lambda t: queue.enqueue("stamp", submitted=t), n, rate)
+    yield queue
     await queue.disconnect()
 
 
 if __name__ == "__main__":
-    run_peer(
+    run_async_peer(
         "saq",
         "saq",
-        lambda n: asyncio.run(enqueue_all(n)),
+        session,
+        lambda queue: queue.enqueue("noop"),
+        lambda queue, t: queue.enqueue("stamp", submitted=t),
         ["saq", "saq_bench.settings", "--workers", "1"],
         "--workers 1, concurrency 10",
-        lambda n, rate: asyncio.run(submit_paced(n, rate)),
     )

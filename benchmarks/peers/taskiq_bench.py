@@ -5,10 +5,10 @@ No result backend; ListQueueBroker waits on BRPOP, so an idle worker does not po
 
 from __future__ import annotations
 
-import asyncio
-import time
+import contextlib
+from collections.abc import AsyncIterator
 
-from _common import REDIS_URL, aincr, apaced, arecord, run_peer
+from _common import REDIS_URL, aincr, arecord, run_async_peer
 from taskiq_redis import ListQueueBroker
 
 broker = ListQueueBroker(REDIS_URL)
@@ -24,28 +24,20 @@ async def stamp(submitted: float) -> None:
     await arecord(submitted)
 
 
-async def enqueue_all(n: int) -> float:
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[ListQueueBroker]:
     await broker.startup()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        await noop.kiq()
-    elapsed = time.perf_counter() - t0
-    await broker.shutdown()
-    return elapsed
-
-
-async def submit_paced(n: int, rate: float) -> None:
-    await broker.startup()
-    await apaced(stamp.kiq, n, rate)
+    yield broker
     await broker.shutdown()
 
 
 if __name__ == "__main__":
-    run_peer(
+    run_async_peer(
         "taskiq",
         "taskiq",
-        lambda n: asyncio.run(enqueue_all(n)),
+        session,
+        lambda _: noop.kiq(),
+        lambda _, t: stamp.kiq(t),
         ["taskiq", "worker", "taskiq_bench:broker", "--workers", "1"],
         "--workers 1, ListQueueBroker, default max async tasks",
-        lambda n, rate: asyncio.run(submit_paced(n, rate)),
     )

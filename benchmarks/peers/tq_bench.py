@@ -13,13 +13,13 @@ polling sleep. LOG_LEVEL=warning, as the peers run with their logging turned dow
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import tempfile
-import time
+from collections.abc import AsyncIterator
 
 import tq_tasks  # noqa: F401  (registers peer_noop and peer_stamp for the client)
-from _common import REDIS_URL, apaced, run_peer
+from _common import REDIS_URL, run_async_peer
 
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
@@ -39,31 +39,23 @@ def settings() -> Settings:
     )
 
 
-async def enqueue_all(n: int) -> float:
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[AsyncClient]:
     client = await AsyncClient.connect(settings())
-    t0 = time.perf_counter()
-    for _ in range(n):
-        await client.submit("peer_noop")
-    elapsed = time.perf_counter() - t0
-    await client.close()
-    return elapsed
-
-
-async def submit_paced(n: int, rate: float) -> None:
-    client = await AsyncClient.connect(settings())
-    await apaced(lambda t: client.submit("peer_stamp", {"t": t}), n, rate)
+    yield client
     await client.close()
 
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="peer-tq-") as scratch:
-        run_peer(
+        run_async_peer(
             "task-queue",
             "task-queue",
-            lambda n: asyncio.run(enqueue_all(n)),
+            session,
+            lambda client: client.submit("peer_noop"),
+            lambda client, t: client.submit("peer_stamp", {"t": t}),
             ["task-queue", "worker"],
             f"`task-queue worker`, WORKER_COUNT={WORKER_COUNT}, LOG_LEVEL=warning",
-            lambda n, rate: asyncio.run(submit_paced(n, rate)),
             worker_env={
                 "QUEUE_BACKEND": "redis",
                 "REDIS_URL": REDIS_URL,
