@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from task_queue._clock import ManualClock
-from task_queue.backends.base import LeaseReport, WorkerInfo
+from task_queue.backends.base import IdleWorker, LeaseReport, WorkerInfo
 from task_queue.backends.memory import MemoryBackend
 from task_queue.config import Settings
 from task_queue.errors import PermanentError, Retry
@@ -530,6 +530,27 @@ async def test_buffered_task_whose_lease_ran_out_is_handed_back_instead_of_start
         held.go[second.id].set()
         done = await eventually(store, second.id, final)
         assert (done.status, done.attempts) == (TaskStatus.COMPLETED, 1)
+
+
+async def test_an_idle_wait_lasts_at_most_half_a_lease(
+    store: MemoryBackend,
+    registry: Registry,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task handed at the end of the wait still has half its lease by the pool's
+    reckoning (from before the wait), so it is started, not handed back."""
+    timeouts: list[float] = []
+    wait_for_work = store.wait_for_work
+
+    async def recorded(timeout: float, worker: IdleWorker) -> list[Task]:
+        timeouts.append(timeout)
+        return await wait_for_work(timeout, worker)
+
+    monkeypatch.setattr(store, "wait_for_work", recorded)
+    async with pool_with(store, registry, settings, lease_seconds=1):
+        await until(lambda: len(timeouts) >= 2)
+    assert max(timeouts) == 0.5
 
 
 async def test_heartbeat_keeps_a_buffered_task_startable_past_its_first_lease(

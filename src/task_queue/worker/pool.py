@@ -169,10 +169,14 @@ class WorkerPool:
 
         A wait cut short by stop() is left running: _end_waiting ends it through the
         backend and takes what it was handed, rather than cancel it mid-reply.
+
+        A wait lasts at most half a lease: the pool reckons a handed task's lease
+        from before the wait (run()'s asked_at), so a task handed at the end of a
+        wait as long as the lease would look expired and be handed back.
         """
         self._waiter = asyncio.ensure_future(
             self.backend.wait_for_work(
-                IDLE_POLL_SECONDS,
+                min(IDLE_POLL_SECONDS, self.lease_seconds / 2),
                 IdleWorker(self.worker_id, self.queues, room, self.lease_seconds),
             )
         )
