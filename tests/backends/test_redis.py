@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
@@ -27,6 +28,7 @@ from task_queue.errors import BackendUnavailable, LeaseLost
 from task_queue.task import Task, TaskStatus
 from tests.backends.parking import park
 from tests.backends.redis_server import RedisServer
+from tests.local import wait_for
 
 LEASE = 30.0
 
@@ -207,7 +209,7 @@ async def test_finish_in_lua_stores_what_task_settled_over_computes(
     assert await redis_backend.get(leased.id) == finished.settled_over(stored)
 
 
-async def test_finishes_of_one_tick_go_as_one_script_call_and_each_gets_its_own_answer(
+async def test_finishes_of_one_tick_share_a_script_call_and_each_gets_its_own_answer(
     redis_backend: RedisBackend,
     raw: aioredis.Redis,
     clock: ManualClock,
@@ -224,7 +226,8 @@ async def test_finishes_of_one_tick_go_as_one_script_call_and_each_gets_its_own_
         ),
         return_exceptions=True,
     )
-    assert await calls(raw) == before + 1
+    # The first went at once (the batcher was idle), the five others in one call.
+    assert await calls(raw) == before + 2
     assert [type(a) for a in answers] == [type(None)] * 2 + [LeaseLost] + [type(None)] * 3
     statuses = [(await redis_backend.get(task.id)).status for task in leased]
     assert statuses.count(TaskStatus.COMPLETED) == 5
@@ -245,6 +248,18 @@ async def test_single_submits_of_one_tick_share_a_script_call_and_keep_their_ans
     assert [a[0].created for a in answers[:5]] == [True] * 5  # type: ignore[index]
     assert type(answers[5]).__name__ == "IdempotencyConflict"
     assert (await redis_backend.stats()).by_status == {"pending": 6}
+
+
+async def test_a_call_made_while_nothing_is_on_its_way_is_sent_at_once(
+    redis_backend: RedisBackend, redis_server: RedisServer, clock: ManualClock, prefix: str
+) -> None:
+    """Not when its tick ends: a lone submit saves an event-loop turn on its way."""
+    task = make(clock)
+    sending = asyncio.ensure_future(redis_backend.enqueue([task]))
+    await asyncio.sleep(0)  # the submit's first step runs; then the loop is held below
+    with redis.Redis.from_url(redis_server.url) as held_loop:
+        wait_for(lambda: held_loop.exists(f"{{{prefix}}}:task:{task.id}"), 5, "the task stored")
+    assert (await sending)[0].created
 
 
 async def test_big_submits_of_one_tick_are_script_calls_of_their_own(
@@ -270,13 +285,14 @@ async def test_submits_merged_into_one_call_meet_the_waiting_bound_one_by_one(
     try:
         before = await calls(raw)
         answers = await asyncio.gather(
+            backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE),  # sent at once, alone
             backend.enqueue([make(clock), make(clock)]),
             backend.enqueue([make(clock), make(clock)]),  # would make 4: refused whole
             backend.enqueue([make(clock)]),
             return_exceptions=True,
         )
-        assert await calls(raw) == before + 1
-        assert [type(a).__name__ for a in answers] == ["list", "QueueFull", "list"]
+        assert await calls(raw) == before + 2
+        assert [type(a).__name__ for a in answers] == ["list", "list", "QueueFull", "list"]
         assert (await backend.stats()).by_status == {"pending": 3}
     finally:
         await backend.close()
