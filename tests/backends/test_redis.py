@@ -209,7 +209,7 @@ async def test_finish_in_lua_stores_what_task_settled_over_computes(
     assert await redis_backend.get(leased.id) == finished.settled_over(stored)
 
 
-async def test_finishes_of_one_tick_share_a_script_call_and_each_gets_its_own_answer(
+async def test_finishes_of_one_tick_go_as_one_script_call_and_each_gets_its_own_answer(
     redis_backend: RedisBackend,
     raw: aioredis.Redis,
     clock: ManualClock,
@@ -226,8 +226,7 @@ async def test_finishes_of_one_tick_share_a_script_call_and_each_gets_its_own_an
         ),
         return_exceptions=True,
     )
-    # The first went at once (the batcher was idle), the five others in one call.
-    assert await calls(raw) == before + 2
+    assert await calls(raw) == before + 1
     assert [type(a) for a in answers] == [type(None)] * 2 + [LeaseLost] + [type(None)] * 3
     statuses = [(await redis_backend.get(task.id)).status for task in leased]
     assert statuses.count(TaskStatus.COMPLETED) == 5
@@ -280,20 +279,20 @@ async def test_big_submits_of_one_tick_are_script_calls_of_their_own(
 async def test_submits_merged_into_one_call_meet_the_waiting_bound_one_by_one(
     redis_server: RedisServer, raw: aioredis.Redis, clock: ManualClock, prefix: str
 ) -> None:
-    backend = RedisBackend(redis_server.url, clock=clock, max_waiting=3, prefix=prefix)
+    backend = RedisBackend(redis_server.url, clock=clock, max_waiting=4, prefix=prefix)
     await backend.open()
     try:
         before = await calls(raw)
         answers = await asyncio.gather(
-            backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE),  # sent at once, alone
+            backend.enqueue([make(clock)]),  # the batcher is idle: sent at once, alone
             backend.enqueue([make(clock), make(clock)]),
-            backend.enqueue([make(clock), make(clock)]),  # would make 4: refused whole
+            backend.enqueue([make(clock), make(clock)]),  # would make 5: refused whole
             backend.enqueue([make(clock)]),
             return_exceptions=True,
         )
         assert await calls(raw) == before + 2
         assert [type(a).__name__ for a in answers] == ["list", "list", "QueueFull", "list"]
-        assert (await backend.stats()).by_status == {"pending": 3}
+        assert (await backend.stats()).by_status == {"pending": 4}
     finally:
         await backend.close()
 

@@ -81,6 +81,10 @@ SCRIPTS = (
 # Scripts whose calls of one tick become one call: each caller's arguments are a
 # group of their own and the script answers one value per group.
 MERGED = frozenset({"enqueue", "finish"})
+# Scripts a client waits on (a submit, its HTTP rate limit): sent at once when the
+# batcher is idle. A worker's finishes and dequeues keep gathering per tick even
+# then; sent at once, a burst of finishes would cost Redis a script call more.
+AT_ONCE = frozenset({"enqueue", "ratelimit"})
 # A submit of this many tasks goes to Redis as a script call of its own, not merged
 # into its tick's: its own work dwarfs a call's cost, and concurrent big submits
 # then overlap, one caller building its batch while Redis stores another's.
@@ -165,10 +169,10 @@ class _Batcher:
     """Script calls made while others are on their way, sent to Redis together: one
     pipeline per event-loop tick (a lone call as a plain command).
 
-    A call made while the batcher is idle (nothing sent and unanswered, nothing
-    gathered) is sent at once: waiting for the tick to end would cost a lone
-    submit an event-loop turn and a task, about 50 µs of its way to Redis on
-    this 2-core VM. Any other call appends to `pending`; the first one of a tick
+    An AT_ONCE call made while the batcher is idle (nothing sent and unanswered,
+    nothing gathered) is sent at once: waiting for the tick to end would cost a
+    lone submit an event-loop turn and a task, about 50 µs of its way to Redis
+    on this 2-core VM. Any other call appends to `pending`; the first one of a tick
     starts a flush task, whose first step runs after every coroutine ready in
     this tick had its turn. The flush sends the calls as EVALSHAs in one
     non-transactional pipeline (each script stays atomic on its own) and hands
@@ -186,7 +190,7 @@ class _Batcher:
         self._alone = 0  # calls sent at once and not yet answered
 
     async def call(self, name: str, args: Sequence[Any]) -> Any:
-        if not self._pending and not self._flushes and not self._alone:
+        if name in AT_ONCE and not self._pending and not self._flushes and not self._alone:
             return await self._send_alone(name, args)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
