@@ -53,8 +53,9 @@ $(PEERS_STAMP): benchmarks/peers/requirements.txt
 	touch $@
 
 # e.g. make bench-peers PEERS_ARGS="--tasks 2000 --only celery,rq"
-# everything (drain with 1 and 2 worker processes, latency at 200/s):
-#      make bench-peers PEERS_ARGS="--latency --workers 1,2"
+# everything (drain with 1 and 2 worker processes, latency at 200/s in three
+# rounds of alternating order, pooled):
+#      make bench-peers PEERS_ARGS="--latency --workers 1,2 --rounds 3"
 bench-peers: $(STAMP) $(PEERS_STAMP)
 	$(PEERS_VENV)/bin/python benchmarks/peers/run.py --task-queue $(BIN)/task-queue $(PEERS_ARGS)
 

@@ -1,7 +1,7 @@
 """Put the same workloads through task-queue and its peers on one throwaway redis-server.
 
-    make bench-peers PEERS_ARGS="--latency --workers 1,2"   (everything: 8-9 min on the
-                                                           2-core VM, ~12 when loaded)
+    make bench-peers PEERS_ARGS="--latency --workers 1,2 --rounds 3"
+                                     (everything: about 9 min on the 2-core VM)
     .venv-peers/bin/python benchmarks/peers/run.py [flags]
 
 Flags:
