@@ -231,15 +231,15 @@ def latency_table(results: list[Result], rate: float, seconds: float) -> str:
     return "\n".join(rows)
 
 
-def percentiles(ms: list[float]) -> dict[str, Any]:
+def percentiles(delays_ms: list[float]) -> dict[str, Any]:
     """How many delays, and their p50/p90/p99/max, in milliseconds."""
-    ms = sorted(ms)
+    delays = sorted(delays_ms)
     return {
-        "started": len(ms),
-        "p50_ms": round(ms[len(ms) // 2], 2),
-        "p90_ms": round(ms[max(0, int(len(ms) * 0.90) - 1)], 2),
-        "p99_ms": round(ms[max(0, int(len(ms) * 0.99) - 1)], 2),
-        "max_ms": round(ms[-1], 2),
+        "started": len(delays),
+        "p50_ms": round(delays[len(delays) // 2], 2),
+        "p90_ms": round(delays[max(0, int(len(delays) * 0.90) - 1)], 2),
+        "p99_ms": round(delays[max(0, int(len(delays) * 0.99) - 1)], 2),
+        "max_ms": round(delays[-1], 2),
     }
 
 
