@@ -278,6 +278,21 @@ local function split(text)
   return names
 end
 
+-- The parked workers whose park has not run out, in parking order; those whose
+-- park ran out (the worker died or is late) leave the parked set.
+local function live_parks(now)
+  local flat = redis.call('ZRANGE', PARKED, 0, -1, 'WITHSCORES')
+  local live = {}
+  for i = 1, #flat, 2 do
+    if flat[i + 1] + 0 < now + 0 then
+      redis.call('ZREM', PARKED, flat[i])
+    else
+      live[#live + 1] = flat[i]
+    end
+  end
+  return live
+end
+
 -- Hand pending tasks to the parked workers, leased, as their own dequeue would
 -- take them (best first, at most one per free slot), so a blocked worker gets a
 -- task in one hop. A worker parks only when its queues had nothing ready, so
@@ -285,19 +300,15 @@ end
 -- A worker that got fewer than it could take emptied its queues: the walk stops
 -- once every queue is known empty, so many idle workers cost a submit little.
 local function feed(now, stamp)
-  local flat = redis.call('ZRANGE', PARKED, 0, -1, 'WITHSCORES')
   local handed, drained, all_drained = 0, {}, false
-  for i = 1, #flat, 2 do
-    local worker = flat[i]
-    local park = P .. 'park:' .. worker
-    local info = {}
-    if flat[i + 1] + 0 < now + 0 then
-      redis.call('ZREM', PARKED, worker)  -- its park ran out: the worker died or is late
-    elseif not all_drained then
-      info = redis.call('HMGET', park, 'q', 'ls', 'n')
+  for _, worker in ipairs(live_parks(now)) do
+    if all_drained then
+      break
     end
+    local park = P .. 'park:' .. worker
+    local info = redis.call('HMGET', park, 'q', 'ls', 'n')
     local names = split(info[1] or '')
-    local fed = info[2] and true or false  -- false: ran out, skipped, or its hash is gone
+    local fed = info[2] and true or false  -- false: its hash is gone
     if fed and #names > 0 then
       fed = false
       for _, name in ipairs(names) do
@@ -338,30 +349,24 @@ end
 -- HMGET), on the path that decides how soon a quiet queue starts a task. Returns
 -- whether it was handed.
 local function hand_over(now, stamp, id, queue, doc)
-  local flat = redis.call('ZRANGE', PARKED, 0, -1, 'WITHSCORES')
-  for i = 1, #flat, 2 do
-    local worker = flat[i]
-    if flat[i + 1] + 0 < now + 0 then
-      redis.call('ZREM', PARKED, worker)  -- as in feed
-    else
-      local park = P .. 'park:' .. worker
-      local info = redis.call('HMGET', park, 'q', 'ls', 'n')
-      local want = tonumber(info[3] or '0')
-      local takes = info[2] and want > 0
-      if takes and info[1] ~= '' then
-        takes = false
-        for _, name in ipairs(split(info[1])) do
-          takes = takes or name == queue
-        end
+  for _, worker in ipairs(live_parks(now)) do
+    local park = P .. 'park:' .. worker
+    local info = redis.call('HMGET', park, 'q', 'ls', 'n')
+    local want = tonumber(info[3] or '0')
+    local takes = info[2] and want > 0
+    if takes and info[1] ~= '' then
+      takes = false
+      for _, name in ipairs(split(info[1])) do
+        takes = takes or name == queue
       end
-      if takes then
-        local token, expires = stamp .. '.1', lease_until(now, info[2])
-        lease_one(task_key(id), token, now, expires, worker)
-        redis.call('ZADD', P .. 'leased', expires, id)
-        deliver(worker, {inbox_item(token, expires, now, '', '', doc)})
-        count_off(worker, park, want, 1)
-        return true
-      end
+    end
+    if takes then
+      local token, expires = stamp .. '.1', lease_until(now, info[2])
+      lease_one(task_key(id), token, now, expires, worker)
+      redis.call('ZADD', P .. 'leased', expires, id)
+      deliver(worker, {inbox_item(token, expires, now, '', '', doc)})
+      count_off(worker, park, want, 1)
+      return true
     end
   end
   return false
