@@ -261,6 +261,34 @@ async def test_a_call_made_while_nothing_is_on_its_way_is_sent_at_once(
     assert (await sending)[0].created
 
 
+async def test_a_dequeue_goes_ahead_of_the_finishes_gathered_in_its_tick(
+    redis_backend: RedisBackend, redis_server: RedisServer, clock: ManualClock, prefix: str
+) -> None:
+    """The slots it fills wait for its answer; the finishes that freed them need not
+    run in Redis first."""
+    done, waiting = make(clock), make(clock)
+    await redis_backend.enqueue([done])
+    [leased] = await redis_backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
+    await redis_backend.enqueue([waiting])
+    finishing = asyncio.ensure_future(
+        redis_backend.finish(leased.completed(None, clock.now()), leased.lease_token or "")
+    )
+    dequeuing = asyncio.ensure_future(
+        redis_backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
+    )
+    await asyncio.sleep(0)  # both first steps run; then the loop is held below
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as held_loop:
+        wait_for(
+            lambda: held_loop.hget(f"{{{prefix}}}:task:{waiting.id}", "s") == "running",
+            5,
+            "the waiting task leased",
+        )
+        assert held_loop.hget(f"{{{prefix}}}:task:{done.id}", "s") == "running"
+    await finishing
+    assert [task.id for task in await dequeuing] == [waiting.id]
+    assert (await redis_backend.get(done.id)).status is TaskStatus.COMPLETED
+
+
 async def test_big_submits_of_one_tick_are_script_calls_of_their_own(
     redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
 ) -> None:

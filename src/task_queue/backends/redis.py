@@ -82,9 +82,15 @@ SCRIPTS = (
 # group of their own and the script answers one value per group.
 MERGED = frozenset({"enqueue", "finish"})
 # Scripts a client waits on (a submit, its HTTP rate limit): sent at once when the
-# batcher is idle. A worker's finishes and dequeues keep gathering per tick even
-# then; sent at once, a burst of finishes would cost Redis a script call more.
+# batcher is idle. A worker's finishes keep gathering per tick even then; sent at
+# once, a burst of finishes would cost Redis a script call more.
 AT_ONCE = frozenset({"enqueue", "ratelimit"})
+# Scripts sent at once whatever else is gathering: a worker's dequeue. The slots
+# it fills sit idle until it is answered; gathered behind the finishes that freed
+# them, it waited for Redis to run those first. Sent ahead, on a connection of its
+# own, it is answered first and Redis runs the finishes while the worker starts
+# the new tasks.
+AHEAD = frozenset({"dequeue"})
 # A submit of this many tasks goes to Redis as a script call of its own, not merged
 # into its tick's: its own work dwarfs a call's cost, and concurrent big submits
 # then overlap, one caller building its batch while Redis stores another's.
@@ -172,15 +178,16 @@ class _Batcher:
     An AT_ONCE call made while the batcher is idle (nothing sent and unanswered,
     nothing gathered) is sent at once: waiting for the tick to end would cost a
     lone submit an event-loop turn and a task, about 50 µs of its way to Redis
-    on this 2-core VM. Any other call appends to `pending`; the first one of a tick
-    starts a flush task, whose first step runs after every coroutine ready in
-    this tick had its turn. The flush sends the calls as EVALSHAs in one
-    non-transactional pipeline (each script stays atomic on its own) and hands
-    every caller its own answer or its own error, so one caller's LeaseLost or
-    script error touches no other. Calls of a MERGED script (whose arguments are
-    independent groups, one answer per group) go as one call, which saves Redis
-    a script invocation per task. Under load something is always on its way, so
-    calls gather as they did before.
+    on this 2-core VM. An AHEAD call is sent at once even when others gather.
+    Any other call appends to `pending`; the first one of a tick starts a flush
+    task, whose first step runs after every coroutine ready in this tick had its
+    turn. The flush sends the calls as EVALSHAs in one non-transactional pipeline
+    (each script stays atomic on its own) and hands every caller its own answer
+    or its own error, so one caller's LeaseLost or script error touches no
+    other. Calls of a MERGED script (whose arguments are independent groups, one
+    answer per group) go as one call, which saves Redis a script invocation per
+    task. Under load something is always on its way, so calls gather as they did
+    before.
     """
 
     def __init__(self, backend: RedisBackend) -> None:
@@ -190,7 +197,9 @@ class _Batcher:
         self._alone = 0  # calls sent at once and not yet answered
 
     async def call(self, name: str, args: Sequence[Any]) -> Any:
-        if name in AT_ONCE and not self._pending and not self._flushes and not self._alone:
+        if name in AHEAD or (
+            name in AT_ONCE and not self._pending and not self._flushes and not self._alone
+        ):
             return await self._send_alone(name, args)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -431,7 +440,6 @@ class RedisBackend(Backend):
     ) -> list[Task]:
         if limit <= 0:
             return []
-        # Through the batcher: the finishes that freed these slots go in the same write.
         lease = self._lease(queues, limit, worker_id, lease_seconds, parked_until="")
         handed, taken, due = await self._batcher.call("dequeue", lease.args)
         self._next_due = float(due) if due else None
