@@ -181,6 +181,37 @@ async def test_timeout_counts_as_a_failure(
     assert done.error == "timed out after 0.05 s"
 
 
+async def test_a_sync_handler_past_its_timeout_is_recorded_as_timed_out(
+    pool: WorkerPool, store: MemoryBackend, registry: Registry, clock: ManualClock
+) -> None:
+    release = threading.Event()
+
+    @registry.task("blocking")
+    def blocking(payload: dict[str, Any]) -> None:
+        release.wait(5)
+
+    task = await submit(store, clock, "blocking", timeout_seconds=0.05, max_retries=0)
+    try:
+        done = await eventually(store, task.id, final)
+    finally:
+        release.set()  # the thread cannot be interrupted; let it end
+    assert done.status is TaskStatus.FAILED
+    assert done.error == "timed out after 0.05 s"
+
+
+async def test_a_timeout_error_the_handler_raises_is_not_the_task_timing_out(
+    pool: WorkerPool, store: MemoryBackend, registry: Registry, clock: ManualClock
+) -> None:
+    @registry.task("impatient")
+    async def impatient(payload: dict[str, Any]) -> None:
+        await asyncio.wait_for(asyncio.Event().wait(), 0.01)
+
+    task = await submit(store, clock, "impatient", timeout_seconds=30, max_retries=0)
+    done = await eventually(store, task.id, final)
+    assert done.status is TaskStatus.FAILED
+    assert done.error == "TimeoutError"
+
+
 async def test_unknown_type_and_bad_payload_fail_without_retry(
     pool: WorkerPool, store: MemoryBackend, registry: Registry, clock: ManualClock
 ) -> None:
