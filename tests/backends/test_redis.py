@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -261,11 +262,16 @@ async def test_a_call_made_while_nothing_is_on_its_way_is_sent_at_once(
     assert (await sending)[0].created
 
 
-async def test_a_dequeue_goes_ahead_of_the_finishes_gathered_in_its_tick(
-    redis_backend: RedisBackend, redis_server: RedisServer, clock: ManualClock, prefix: str
+@pytest.mark.parametrize("idle", [True, False])
+async def test_an_idle_workers_dequeue_goes_ahead_of_the_finishes_gathered_in_its_tick(
+    redis_backend: RedisBackend,
+    redis_server: RedisServer,
+    clock: ManualClock,
+    prefix: str,
+    idle: bool,
 ) -> None:
-    """The slots it fills wait for its answer; the finishes that freed them need not
-    run in Redis first."""
+    """An idle worker waits on its answer alone; the finishes that freed its slots
+    need not run in Redis first. A busy worker's dequeue gathers with them."""
     done, waiting = make(clock), make(clock)
     await redis_backend.enqueue([done])
     [leased] = await redis_backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
@@ -274,16 +280,20 @@ async def test_a_dequeue_goes_ahead_of_the_finishes_gathered_in_its_tick(
         redis_backend.finish(leased.completed(None, clock.now()), leased.lease_token or "")
     )
     dequeuing = asyncio.ensure_future(
-        redis_backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
+        redis_backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE, idle=idle)
     )
     await asyncio.sleep(0)  # both first steps run; then the loop is held below
     with redis.Redis.from_url(redis_server.url, decode_responses=True) as held_loop:
-        wait_for(
-            lambda: held_loop.hget(f"{{{prefix}}}:task:{waiting.id}", "s") == "running",
-            5,
-            "the waiting task leased",
-        )
-        assert held_loop.hget(f"{{{prefix}}}:task:{done.id}", "s") == "running"
+
+        def status(task: Task) -> str | None:
+            return held_loop.hget(f"{{{prefix}}}:task:{task.id}", "s")  # type: ignore[return-value]
+
+        if idle:
+            wait_for(lambda: status(waiting) == "running", 5, "the waiting task leased")
+        else:
+            time.sleep(0.2)  # noqa: ASYNC251 - holds the loop; a dequeue sent at once would run
+            assert status(waiting) == "pending"
+        assert status(done) == "running"
     await finishing
     assert [task.id for task in await dequeuing] == [waiting.id]
     assert (await redis_backend.get(done.id)).status is TaskStatus.COMPLETED

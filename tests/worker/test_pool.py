@@ -563,6 +563,34 @@ async def test_buffered_task_whose_lease_ran_out_is_handed_back_instead_of_start
         assert (done.status, done.attempts) == (TaskStatus.COMPLETED, 1)
 
 
+async def test_a_dequeue_tells_the_backend_whether_the_pool_has_nothing_running(
+    store: MemoryBackend,
+    registry: Registry,
+    settings: Settings,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An idle pool waits on the answer alone (Redis sends it ahead); a busy one does not."""
+    held = Held(registry)
+    idle_when_taken: dict[str, bool] = {}
+    dequeue = store.dequeue
+
+    async def recorded(queues: Sequence[str], limit: int, **options: Any) -> list[Task]:
+        tasks = await dequeue(queues, limit, **options)
+        idle_when_taken.update((task.id, options["idle"]) for task in tasks)
+        return tasks
+
+    monkeypatch.setattr(store, "dequeue", recorded)
+    first = await submit(store, clock, "held")
+    async with pool_with(store, registry, settings, worker_count=2):
+        await until(lambda: held.started == [first.id])
+        second = await submit(store, clock, "held")
+        await until(lambda: second.id in held.started)
+        for task in (first, second):
+            held.go[task.id].set()
+    assert idle_when_taken == {first.id: True, second.id: False}
+
+
 async def test_an_idle_wait_lasts_at_most_half_a_lease(
     store: MemoryBackend,
     registry: Registry,

@@ -157,14 +157,22 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def dequeue(
-        self, queues: Sequence[str], limit: int, *, worker_id: str, lease_seconds: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        idle: bool = False,
     ) -> list[Task]:
         """Atomically take up to `limit` due tasks from `queues` and lease them to the worker.
 
         An empty `queues` means every queue.
         Due scheduled and retrying tasks are promoted first. Each returned task is
         `Task.leased(...)`: running, attempts counted, a fresh lease token. Two
-        concurrent callers never receive the same task.
+        concurrent callers never receive the same task. `idle` says the worker
+        has nothing running, so it waits on this answer alone: a hint that a
+        backend may act on (Redis sends the call ahead of others).
         """
 
     @abc.abstractmethod

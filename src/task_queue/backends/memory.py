@@ -139,7 +139,13 @@ class MemoryBackend(Backend):
         return promoted
 
     async def dequeue(
-        self, queues: Sequence[str], limit: int, *, worker_id: str, lease_seconds: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        idle: bool = False,
     ) -> list[Task]:
         await self.promote_due()
         now = self.clock.now()

@@ -85,12 +85,6 @@ MERGED = frozenset({"enqueue", "finish"})
 # batcher is idle. A worker's finishes keep gathering per tick even then; sent at
 # once, a burst of finishes would cost Redis a script call more.
 AT_ONCE = frozenset({"enqueue", "ratelimit"})
-# Scripts sent at once whatever else is gathering: a worker's dequeue. The slots
-# it fills sit idle until it is answered; gathered behind the finishes that freed
-# them, it waited for Redis to run those first. Sent ahead, on a connection of its
-# own, it is answered first and Redis runs the finishes while the worker starts
-# the new tasks.
-AHEAD = frozenset({"dequeue"})
 # A submit of this many tasks goes to Redis as a script call of its own, not merged
 # into its tick's: its own work dwarfs a call's cost, and concurrent big submits
 # then overlap, one caller building its batch while Redis stores another's.
@@ -178,16 +172,16 @@ class _Batcher:
     An AT_ONCE call made while the batcher is idle (nothing sent and unanswered,
     nothing gathered) is sent at once: waiting for the tick to end would cost a
     lone submit an event-loop turn and a task, about 50 µs of its way to Redis
-    on this 2-core VM. An AHEAD call is sent at once even when others gather.
-    Any other call appends to `pending`; the first one of a tick starts a flush
-    task, whose first step runs after every coroutine ready in this tick had its
-    turn. The flush sends the calls as EVALSHAs in one non-transactional pipeline
-    (each script stays atomic on its own) and hands every caller its own answer
-    or its own error, so one caller's LeaseLost or script error touches no
-    other. Calls of a MERGED script (whose arguments are independent groups, one
-    answer per group) go as one call, which saves Redis a script invocation per
-    task. Under load something is always on its way, so calls gather as they did
-    before.
+    on this 2-core VM. A call made `ahead` is sent at once even when others
+    gather. Any other call appends to `pending`; the first one of a tick starts
+    a flush task, whose first step runs after every coroutine ready in this tick
+    had its turn. The flush sends the calls as EVALSHAs in one non-transactional
+    pipeline (each script stays atomic on its own) and hands every caller its
+    own answer or its own error, so one caller's LeaseLost or script error
+    touches no other. Calls of a MERGED script (whose arguments are independent
+    groups, one answer per group) go as one call, which saves Redis a script
+    invocation per task. Under load something is always on its way, so calls
+    gather as they did before.
     """
 
     def __init__(self, backend: RedisBackend) -> None:
@@ -196,8 +190,8 @@ class _Batcher:
         self._flushes: set[asyncio.Task[None]] = set()  # strong refs until done
         self._alone = 0  # calls sent at once and not yet answered
 
-    async def call(self, name: str, args: Sequence[Any]) -> Any:
-        if name in AHEAD or (
+    async def call(self, name: str, args: Sequence[Any], *, ahead: bool = False) -> Any:
+        if ahead or (
             name in AT_ONCE and not self._pending and not self._flushes and not self._alone
         ):
             return await self._send_alone(name, args)
@@ -436,12 +430,22 @@ class RedisBackend(Backend):
         ]
 
     async def dequeue(
-        self, queues: Sequence[str], limit: int, *, worker_id: str, lease_seconds: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        idle: bool = False,
     ) -> list[Task]:
         if limit <= 0:
             return []
         lease = self._lease(queues, limit, worker_id, lease_seconds, parked_until="")
-        handed, taken, due = await self._batcher.call("dequeue", lease.args)
+        # An idle worker's dequeue goes ahead of the finishes gathered in its tick,
+        # which freed its slots: Redis answers it first and runs them while the
+        # worker starts the new tasks. A busy worker's gathers with them: it has
+        # tasks to run meanwhile, and fewer, bigger dequeues cost it less.
+        handed, taken, due = await self._batcher.call("dequeue", lease.args, ahead=idle)
         self._next_due = float(due) if due else None
         return lease.tasks(handed, taken)
 

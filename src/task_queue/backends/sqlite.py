@@ -313,7 +313,13 @@ class SQLiteBackend(Backend):
         return await self._write(run)
 
     async def dequeue(
-        self, queues: Sequence[str], limit: int, *, worker_id: str, lease_seconds: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        idle: bool = False,
     ) -> list[Task]:
         now = self.clock.now()
 

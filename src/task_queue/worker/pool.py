@@ -134,6 +134,7 @@ class WorkerPool:
                         room,
                         worker_id=self.worker_id,
                         lease_seconds=self.lease_seconds,
+                        idle=not self._running,
                     )
                 quiet = False
                 if not tasks:
