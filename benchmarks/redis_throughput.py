@@ -15,6 +15,10 @@ Starts a throwaway `redis-server --save "" --appendonly no` on a free port
    warning) run them. As for the peers
    (benchmarks/peers), the rate runs from the first completion to the last,
    so process start-up is left out; the processed counter is polled every 5 ms.
+
+Each row also gives the CPU time of the processes at work (from /proc, so on
+Linux), per task and as a share of one core: a process far below 100% spends
+the rest waiting on another.
 """
 
 from __future__ import annotations
@@ -40,7 +44,37 @@ SUBMITTERS = 50
 BATCH = 500
 
 
-async def submit_rate(url: str, prefix: str, tasks: int, *, batch: int, callers: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """The CPU time that groups of processes spend from now on."""
+
+    def __init__(self, **groups: list[int]) -> None:
+        self._groups = groups
+        self._start = {name: self._used(pids) for name, pids in groups.items()}
+        self._at = time.perf_counter()
+
+    @staticmethod
+    def _used(pids: list[int]) -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
+
+    def report(self, tasks: int) -> str:
+        """Each group's CPU per task and its share of one core, e.g. `redis 12 µs (80%)`."""
+        elapsed = time.perf_counter() - self._at
+        parts = []
+        for name, pids in self._groups.items():
+            used = self._used(pids) - self._start[name]
+            parts.append(f"{name} {used / tasks * 1e6:.0f} µs ({used / elapsed:.0%})")
+        return ", ".join(parts)
+
+
+async def submit_rate(
+    url: str, redis_pid: int, prefix: str, tasks: int, *, batch: int, callers: int
+) -> tuple[float, str]:
     """`callers` coroutines of one AsyncClient submit `tasks` in calls of `batch` tasks."""
     backend = RedisBackend(url, max_waiting=tasks, prefix=prefix)
     await backend.open()
@@ -53,13 +87,17 @@ async def submit_rate(url: str, prefix: str, tasks: int, *, batch: int, callers:
 
     shares = [tasks // callers + (i < tasks % callers) for i in range(callers)]
     started = time.perf_counter()
+    cpu = Cpu(client=[os.getpid()], redis=[redis_pid])
     await asyncio.gather(*(submitter(n) for n in shares))
     elapsed = time.perf_counter() - started
+    usage = cpu.report(tasks)
     await backend.close()
-    return tasks / elapsed
+    return tasks / elapsed, usage
 
 
-async def drain_rate(url: str, tasks: int, workers: int, args: argparse.Namespace) -> float:
+async def drain_rate(
+    url: str, redis_pid: int, tasks: int, workers: int, args: argparse.Namespace
+) -> tuple[float, str]:
     redis.Redis.from_url(url).flushall()  # workers use the default prefix
     backend = RedisBackend(url, max_waiting=tasks)
     await backend.open()
@@ -88,12 +126,15 @@ async def drain_rate(url: str, tasks: int, workers: int, args: argparse.Namespac
     ]
     try:
         first_at, first_count = 0.0, 0
+        cpu: Cpu | None = None
         while True:
             done = (await backend.stats()).processed
             if done and not first_at:
                 first_at, first_count = time.perf_counter(), done
-            if done >= tasks:
-                return (done - first_count) / (time.perf_counter() - first_at)
+                cpu = Cpu(workers=[proc.pid for proc in procs], redis=[redis_pid])
+            if done >= tasks and cpu is not None:
+                rate = (done - first_count) / (time.perf_counter() - first_at)
+                return rate, cpu.report(done - first_count)
             if any(proc.returncode is not None for proc in procs):
                 raise SystemExit("a worker process exited during the drain")
             await asyncio.sleep(0.005)
@@ -114,25 +155,30 @@ async def main() -> None:
     args = parser.parse_args()
     configure("warning", "text", None)
     server, url = start_redis()
-    rows: list[tuple[str, float]] = []
+    rows: list[tuple[str, tuple[float, str]]] = []
     try:
-        single = await submit_rate(url, "single", args.tasks, batch=1, callers=SUBMITTERS)
+        single = await submit_rate(
+            url, server.pid, "single", args.tasks, batch=1, callers=SUBMITTERS
+        )
         rows.append((f"single submits, {SUBMITTERS} coroutines", single))
         for callers in (1, 2):
-            rate = await submit_rate(
-                url, f"batched{callers}", args.tasks, batch=BATCH, callers=callers
+            batched = await submit_rate(
+                url, server.pid, f"batched{callers}", args.tasks, batch=BATCH, callers=callers
             )
-            rows.append((f"batched submits, {BATCH} per call, {callers} caller(s)", rate))
+            rows.append((f"batched submits, {BATCH} per call, {callers} caller(s)", batched))
         for count in (int(n) for n in args.workers.split(",")):
-            rate = await drain_rate(url, args.tasks, count, args)
+            drained = await drain_rate(url, server.pid, args.tasks, count, args)
             config = f"WORKER_COUNT {args.worker_count}, WORKER_PREFETCH {args.prefetch}"
-            rows.append((f"drain, {count} worker process(es), {config}", rate))
+            rows.append((f"drain, {count} worker process(es), {config}", drained))
     finally:
         server.terminate()
         server.wait()
-    print(f"| measurement ({args.tasks:,} no-op tasks) | tasks/s |\n|---|---:|")
-    for name, rate in rows:
-        print(f"| {name} | {rate:,.0f} |")
+    print(
+        f"| measurement ({args.tasks:,} no-op tasks) | tasks/s | CPU per task (share of a core) |"
+    )
+    print("|---|---:|---|")
+    for name, (rate, usage) in rows:
+        print(f"| {name} | {rate:,.0f} | {usage} |")
 
 
 if __name__ == "__main__":
