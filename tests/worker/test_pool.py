@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -168,6 +169,16 @@ async def test_retry_asked_by_the_handler_uses_its_delay(
     assert retrying.run_at == clock.now() + 42
 
 
+async def error_of_failed(
+    store: MemoryBackend, clock: ManualClock, type: str, **options: Any
+) -> str:
+    """The error stored with a task of one attempt, which must end failed."""
+    task = await submit(store, clock, type, max_retries=0, **options)
+    done = await eventually(store, task.id, final)
+    assert done.status is TaskStatus.FAILED
+    return done.error or ""
+
+
 async def test_timeout_counts_as_a_failure(
     pool: WorkerPool, store: MemoryBackend, registry: Registry, clock: ManualClock
 ) -> None:
@@ -175,10 +186,8 @@ async def test_timeout_counts_as_a_failure(
     async def stuck(payload: dict[str, Any]) -> None:
         await asyncio.Event().wait()
 
-    task = await submit(store, clock, "stuck", timeout_seconds=0.05, max_retries=0)
-    done = await eventually(store, task.id, final)
-    assert done.status is TaskStatus.FAILED
-    assert done.error == "timed out after 0.05 s"
+    error = await error_of_failed(store, clock, "stuck", timeout_seconds=0.05)
+    assert error == "timed out after 0.05 s"
 
 
 async def test_a_sync_handler_past_its_timeout_is_recorded_as_timed_out(
@@ -190,13 +199,11 @@ async def test_a_sync_handler_past_its_timeout_is_recorded_as_timed_out(
     def blocking(payload: dict[str, Any]) -> None:
         release.wait(5)
 
-    task = await submit(store, clock, "blocking", timeout_seconds=0.05, max_retries=0)
     try:
-        done = await eventually(store, task.id, final)
+        error = await error_of_failed(store, clock, "blocking", timeout_seconds=0.05)
     finally:
         release.set()  # the thread cannot be interrupted; let it end
-    assert done.status is TaskStatus.FAILED
-    assert done.error == "timed out after 0.05 s"
+    assert error == "timed out after 0.05 s"
 
 
 async def test_a_timeout_error_the_handler_raises_is_not_the_task_timing_out(
@@ -206,10 +213,7 @@ async def test_a_timeout_error_the_handler_raises_is_not_the_task_timing_out(
     async def impatient(payload: dict[str, Any]) -> None:
         await asyncio.wait_for(asyncio.Event().wait(), 0.01)
 
-    task = await submit(store, clock, "impatient", timeout_seconds=30, max_retries=0)
-    done = await eventually(store, task.id, final)
-    assert done.status is TaskStatus.FAILED
-    assert done.error == "TimeoutError"
+    assert await error_of_failed(store, clock, "impatient", timeout_seconds=30) == "TimeoutError"
 
 
 async def test_unknown_type_and_bad_payload_fail_without_retry(
@@ -380,17 +384,32 @@ async def pool_with(
         await workers.close()
 
 
-def record_dequeues(monkeypatch: pytest.MonkeyPatch, store: MemoryBackend) -> list[int]:
-    """The `limit` of every dequeue the pool makes, in order."""
-    limits: list[int] = []
+@dataclasses.dataclass
+class Dequeue:
+    """One dequeue the pool made: what it asked for and the ids it got."""
+
+    limit: int
+    idle: bool
+    taken: list[str] = dataclasses.field(default_factory=list)
+
+
+def record_dequeues(monkeypatch: pytest.MonkeyPatch, store: MemoryBackend) -> list[Dequeue]:
+    """Every dequeue the pool makes, in order."""
+    made: list[Dequeue] = []
     dequeue = store.dequeue
 
     async def recorded(queues: Sequence[str], limit: int, **options: Any) -> list[Task]:
-        limits.append(limit)
-        return await dequeue(queues, limit, **options)
+        made.append(record := Dequeue(limit, options["idle"]))
+        tasks = await dequeue(queues, limit, **options)
+        record.taken = [task.id for task in tasks]
+        return tasks
 
     monkeypatch.setattr(store, "dequeue", recorded)
-    return limits
+    return made
+
+
+def limits(dequeues: list[Dequeue]) -> list[int]:
+    return [dequeue.limit for dequeue in dequeues]
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -430,11 +449,11 @@ async def test_pool_leases_its_slots_plus_prefetch_and_starts_only_its_slots(
 ) -> None:
     held = Held(registry)
     tasks = [await submit(store, clock, "held") for _ in range(7)]
-    limits = record_dequeues(monkeypatch, store)
+    dequeues = record_dequeues(monkeypatch, store)
     async with pool_with(store, registry, settings, worker_count=2, worker_prefetch=3) as workers:
         await until(lambda: len(held.started) == 2)
         await eventually(store, tasks[4].id, status_is(TaskStatus.RUNNING))
-        assert limits[0] == 5
+        assert dequeues[0].limit == 5
         assert held.started == [tasks[0].id, tasks[1].id]
         assert await statuses(store, tasks) == [TaskStatus.RUNNING] * 5 + [TaskStatus.PENDING] * 2
         assert set(workers.leases()) == {task.id for task in tasks[:5]}
@@ -572,15 +591,7 @@ async def test_a_dequeue_tells_the_backend_whether_the_pool_has_nothing_running(
 ) -> None:
     """An idle pool waits on the answer alone (Redis sends it ahead); a busy one does not."""
     held = Held(registry)
-    idle_when_taken: dict[str, bool] = {}
-    dequeue = store.dequeue
-
-    async def recorded(queues: Sequence[str], limit: int, **options: Any) -> list[Task]:
-        tasks = await dequeue(queues, limit, **options)
-        idle_when_taken.update((task.id, options["idle"]) for task in tasks)
-        return tasks
-
-    monkeypatch.setattr(store, "dequeue", recorded)
+    dequeues = record_dequeues(monkeypatch, store)
     first = await submit(store, clock, "held")
     async with pool_with(store, registry, settings, worker_count=2):
         await until(lambda: held.started == [first.id])
@@ -588,6 +599,7 @@ async def test_a_dequeue_tells_the_backend_whether_the_pool_has_nothing_running(
         await until(lambda: second.id in held.started)
         for task in (first, second):
             held.go[task.id].set()
+    idle_when_taken = {task_id: d.idle for d in dequeues for task_id in d.taken}
     assert idle_when_taken == {first.id: True, second.id: False}
 
 
@@ -641,14 +653,14 @@ async def test_prefetch_zero_leases_only_as_many_tasks_as_free_slots(
 ) -> None:
     held = Held(registry)
     tasks = [await submit(store, clock, "held") for _ in range(4)]
-    limits = record_dequeues(monkeypatch, store)
+    dequeues = record_dequeues(monkeypatch, store)
     async with pool_with(store, registry, settings, worker_count=2, worker_prefetch=0):
         await until(lambda: len(held.started) == 2)
-        assert limits == [2]
+        assert limits(dequeues) == [2]
         assert await statuses(store, tasks) == [TaskStatus.RUNNING] * 2 + [TaskStatus.PENDING] * 2
         held.go[tasks[0].id].set()
         await until(lambda: len(held.started) == 3)
-        assert limits == [2, 1]
+        assert limits(dequeues) == [2, 1]
         for task in tasks:
             held.go[task.id].set()
         for task in tasks:
