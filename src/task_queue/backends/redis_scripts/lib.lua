@@ -293,6 +293,30 @@ local function live_parks(now)
   return live
 end
 
+-- What a live park says: its key, its queue names ({} = every queue), its lease
+-- seconds (text) and how many tasks it may still be handed; nil once its hash is gone.
+local function read_park(worker)
+  local park = P .. 'park:' .. worker
+  local info = redis.call('HMGET', park, 'q', 'ls', 'n')
+  if not info[2] then
+    return nil
+  end
+  return park, split(info[1] or ''), info[2], tonumber(info[3] or '0')
+end
+
+-- Whether a park of these queue names takes from a queue that passes `test`.
+local function takes_any(names, test)
+  if #names == 0 then
+    return true
+  end
+  for _, name in ipairs(names) do
+    if test(name) then
+      return true
+    end
+  end
+  return false
+end
+
 -- Hand pending tasks to the parked workers, leased, as their own dequeue would
 -- take them (best first, at most one per free slot), so a blocked worker gets a
 -- task in one hop. A worker parks only when its queues had nothing ready, so
@@ -305,18 +329,8 @@ local function feed(now, stamp)
     if all_drained then
       break
     end
-    local park = P .. 'park:' .. worker
-    local info = redis.call('HMGET', park, 'q', 'ls', 'n')
-    local names = split(info[1] or '')
-    local fed = info[2] and true or false  -- false: its hash is gone
-    if fed and #names > 0 then
-      fed = false
-      for _, name in ipairs(names) do
-        fed = fed or not drained[name]
-      end
-    end
-    if fed then
-      local want = tonumber(info[3] or '0')
+    local park, names, seconds, want = read_park(worker)
+    if park and takes_any(names, function(name) return not drained[name] end) then
       local ids = take(queue_names(names), want)
       if #ids < want then
         all_drained = #names == 0
@@ -330,7 +344,7 @@ local function feed(now, stamp)
           tokens[k] = stamp .. '.' .. (handed + k)
         end
         handed = handed + #ids
-        local expires = lease_until(now, info[2])
+        local expires = lease_until(now, seconds)
         local items = {}
         for k, found in ipairs(lease(ids, tokens, now, expires, worker)) do
           items[k] = inbox_item(tokens[k], expires, now, found[3], found[2], found[1])
@@ -350,18 +364,9 @@ end
 -- whether it was handed.
 local function hand_over(now, stamp, id, queue, doc)
   for _, worker in ipairs(live_parks(now)) do
-    local park = P .. 'park:' .. worker
-    local info = redis.call('HMGET', park, 'q', 'ls', 'n')
-    local want = tonumber(info[3] or '0')
-    local takes = info[2] and want > 0
-    if takes and info[1] ~= '' then
-      takes = false
-      for _, name in ipairs(split(info[1])) do
-        takes = takes or name == queue
-      end
-    end
-    if takes then
-      local token, expires = stamp .. '.1', lease_until(now, info[2])
+    local park, names, seconds, want = read_park(worker)
+    if park and want > 0 and takes_any(names, function(name) return name == queue end) then
+      local token, expires = stamp .. '.1', lease_until(now, seconds)
       lease_one(task_key(id), token, now, expires, worker)
       redis.call('ZADD', P .. 'leased', expires, id)
       deliver(worker, {inbox_item(token, expires, now, '', '', doc)})
