@@ -130,6 +130,21 @@ async def test_run_at_orders_within_a_millisecond_and_priority_before_it(
     assert [t.id for t in taken] == [urgent.id, early.id, later.id]
 
 
+async def test_a_task_stored_with_a_bare_seq_by_an_older_version_leaves_its_ready_set(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, prefix: str
+) -> None:
+    older, newer = make(clock), make(clock)
+    await redis_backend.enqueue([older, newer])
+    key = f"{{{prefix}}}:task:{older.id}"
+    padded = await raw.hget(key, "seq")
+    assert padded == "1".zfill(16)  # the first task stored under this prefix
+    await raw.hset(key, "seq", str(int(padded)))  # as enqueue.lua wrote it before padding
+    await redis_backend.cancel(older.id)
+    assert await raw.zcard(f"{{{prefix}}}:ready:default") == 1
+    taken = await redis_backend.dequeue(["default"], 2, worker_id="w", lease_seconds=LEASE)
+    assert [t.id for t in taken] == [newer.id]
+
+
 def test_rank_sorts_as_text_like_priority_then_run_at() -> None:
     ranks = [ready_rank(10, 5.0), ready_rank(3, 1.0), ready_rank(3, 1.000001), ready_rank(0, 0.5)]
     assert ranks == sorted(ranks)

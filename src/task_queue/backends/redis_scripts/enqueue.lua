@@ -57,8 +57,9 @@ local function store(base)
   local id, status, queue, rank = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
   local key = ARGV[base + 6]
   seq = seq + 1
+  local padded = pad16(seq)  -- one number-to-text conversion per task, not four
   redis.call('HSET', task_key(id), 'd', ARGV[base + 8], 's', status, 'q', queue, 'r', rank,
-    'seq', seq, 'rev', '0')  -- no field table to unpack: a seventh of this script's cost
+    'seq', padded, 'rev', '0')  -- no field table to unpack: a seventh of this script's cost
   if key ~= '' then
     redis.call('HSET', task_key(id), 'h', ARGV[base + 7])
     redis.call('SET', P .. 'idem:' .. key, id)
@@ -67,14 +68,14 @@ local function store(base)
     fresh[#fresh + 1] = base
     ready[queue] = ready[queue] or {}
     local members = ready[queue]
-    members[#members + 1] = 0
-    members[#members + 1] = member(rank, seq, id)
+    members[#members + 1] = '0'
+    members[#members + 1] = member(rank, padded, id)
   else
     delayed[#delayed + 1] = ARGV[base + 4]
     delayed[#delayed + 1] = id
     scheduled = scheduled + 1
   end
-  all[#all + 1] = seq
+  all[#all + 1] = padded
   all[#all + 1] = id
   types[ARGV[base + 5]] = (types[ARGV[base + 5]] or 0) + 1
   queues[queue] = true

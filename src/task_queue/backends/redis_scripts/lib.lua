@@ -11,6 +11,8 @@
 --          never parsed here, so a script's cost does not grow with the payload
 --     s    status now (d's may be older: promote and dequeue change only s)
 --     q, r, seq        queue, rank and submit sequence, to build the ready member
+--                      (enqueue stores seq zero-padded, as the member holds it;
+--                      tasks stored before that hold it bare: member pads either)
 --     rev  compare-and-set stamp: replaced by every write that a read-compute-write
 --          in Python could race with (dequeue, finish, promote, store)
 --     u    updated_at, when changed since d was written ('' = d's holds)
@@ -57,6 +59,7 @@ local FINAL = {completed = true, failed = true, cancelled = true}
 local CHUNK = 1000  -- members per variadic call, well under Lua's unpack limit
 local woke = false
 
+-- Zero-padded to 16 digits; a text already 16 long (a padded seq) comes back as it is.
 local function pad16(n)
   local s = tostring(n)
   return string.rep('0', 16 - #s) .. s
