@@ -50,8 +50,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Cpu:
-    """The CPU time that groups of processes spend from now on."""
+class Span:
+    """From now on: the rate of tasks done, and the CPU time groups of processes spend."""
 
     def __init__(self, **groups: list[int]) -> None:
         self._groups = groups
@@ -62,14 +62,15 @@ class Cpu:
     def _used(pids: list[int]) -> float:
         return sum(cpu_seconds(pid) for pid in pids)
 
-    def report(self, tasks: int) -> str:
-        """Each group's CPU per task and its share of one core, e.g. `redis 12 µs (80%)`."""
+    def report(self, tasks: int) -> tuple[float, str]:
+        """Tasks per second, and each group's CPU per task and share of one core
+        (e.g. `redis 12 µs (80%)`)."""
         elapsed = time.perf_counter() - self._at
         parts = []
         for name, pids in self._groups.items():
             used = self._used(pids) - self._start[name]
             parts.append(f"{name} {used / tasks * 1e6:.0f} µs ({used / elapsed:.0%})")
-        return ", ".join(parts)
+        return tasks / elapsed, ", ".join(parts)
 
 
 async def submit_rate(
@@ -86,13 +87,11 @@ async def submit_rate(
             await client.submit_requests([request] * min(batch, share - first))
 
     shares = [tasks // callers + (i < tasks % callers) for i in range(callers)]
-    started = time.perf_counter()
-    cpu = Cpu(client=[os.getpid()], redis=[redis_pid])
+    span = Span(client=[os.getpid()], redis=[redis_pid])
     await asyncio.gather(*(submitter(n) for n in shares))
-    elapsed = time.perf_counter() - started
-    usage = cpu.report(tasks)
+    measured = span.report(tasks)
     await backend.close()
-    return tasks / elapsed, usage
+    return measured
 
 
 async def drain_rate(
@@ -125,16 +124,14 @@ async def drain_rate(
         for _ in range(workers)
     ]
     try:
-        first_at, first_count = 0.0, 0
-        cpu: Cpu | None = None
+        first_count, span = 0, None
         while True:
             done = (await backend.stats()).processed
-            if done and not first_at:
-                first_at, first_count = time.perf_counter(), done
-                cpu = Cpu(workers=[proc.pid for proc in procs], redis=[redis_pid])
-            if done >= tasks and cpu is not None:
-                rate = (done - first_count) / (time.perf_counter() - first_at)
-                return rate, cpu.report(done - first_count)
+            if done and span is None:
+                first_count = done
+                span = Span(workers=[proc.pid for proc in procs], redis=[redis_pid])
+            if done >= tasks and span is not None:
+                return span.report(done - first_count)
             if any(proc.returncode is not None for proc in procs):
                 raise SystemExit("a worker process exited during the drain")
             await asyncio.sleep(0.005)
