@@ -162,8 +162,16 @@ class RedisSentinel:
         return int(port)
 
     def failover(self) -> int:
-        """Promote the replica; its port, once the sentinel names it the primary."""
+        """Promote the replica; its port, once the sentinel names it the primary.
+
+        Every write made before is on the replica first (WAIT): the tests are of
+        the clients, not of asynchronous replication's loss window.
+        """
         before = self.primary_port()
+        with redis.Redis(port=before) as primary:
+            primary.set("sentinel-test:replicated", 1)  # WAIT waits for this client's writes
+            if primary.wait(1, 10_000) != 1:
+                raise AssertionError("the replica did not acknowledge the writes so far")
 
         def started() -> bool:
             with redis.Redis(port=self.port, socket_timeout=1) as sentinel:
@@ -177,6 +185,12 @@ class RedisSentinel:
         _wait(started, "the sentinel to start a failover")
         _wait(lambda: self.primary_port() != before, "the sentinel to name a new primary")
         return self.primary_port()
+
+    def cut_subscribers(self) -> None:
+        """Close every connection subscribed to the sentinel's announcements."""
+        with redis.Redis(port=self.port, socket_timeout=1) as sentinel:
+            if not sentinel.execute_command("CLIENT KILL", "TYPE", "pubsub"):
+                raise AssertionError("nobody was subscribed to the sentinel")
 
     def _knows_primary(self) -> bool:
         with redis.Redis(port=self.port, decode_responses=True, socket_timeout=1) as sentinel:

@@ -155,7 +155,7 @@ async def connection(request: pytest.FixtureRequest) -> AsyncIterator[RedisConne
 
 
 async def test_no_topology_lets_redis_py_send_a_command_again(connection: RedisConnection) -> None:
-    await connection.ping()
+    await connection.open()
     client = connection.client
     if connection.address.topology == "cluster":
         retry = client.retry  # the cluster's own loop, around every node's connection
@@ -202,6 +202,11 @@ async def test_scripts_flushed_from_every_server_are_loaded_again(
     flush_scripts()
     [alone] = await topology_backend.dequeue(["default"], 1, worker_id="w", lease_seconds=LEASE)
     assert alone.status is TaskStatus.RUNNING
+
+
+def _role(port: int) -> str:
+    with redis.Redis(port=port, decode_responses=True) as node:
+        return str(node.info("replication")["role"])
 
 
 def _data_ports(url: str) -> list[int]:
@@ -311,19 +316,30 @@ async def test_cluster_that_lost_a_primary_is_unavailable_to_every_prefix(
 # Sentinel -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("sentinel_link", ["kept", "cut"])
 async def test_after_a_sentinel_failover_the_backend_works_on_the_new_primary(
-    tmp_path: Path, clock: ManualClock
+    tmp_path: Path, clock: ManualClock, sentinel_link: str
 ) -> None:
-    """Calls in flight may fail (BackendUnavailable, never resent); the next ones reach
-    the promoted replica, and parked workers are handed tasks again."""
+    """The old primary accepts writes until the sentinel demotes it, seconds after the
+    switch, and loses them then. At the sentinel's announcement calls in flight there
+    fail (BackendUnavailable, never resent); the next ones reach the promoted replica,
+    and parked workers are handed tasks again. A backend whose link to the sentinel
+    broke listens again by itself."""
     sentinel = RedisSentinel(tmp_path, replica=True)
+    old_primary = sentinel.primary_port()
     worker = RedisBackend(sentinel.url, clock=clock, prefix="failover")
     submitter = RedisBackend(sentinel.url, clock=clock, prefix="failover")
     try:
         await worker.open()
         await submitter.open()
         [before] = await submitter.enqueue([make(clock)])
+        in_flight = await park(worker, "idle", queues=["elsewhere"])
+        if sentinel_link == "cut":
+            sentinel.cut_subscribers()
         promoted = sentinel.failover()
+        with pytest.raises(BackendUnavailable):
+            await asyncio.wait_for(in_flight, 30)
+        assert _role(old_primary) == "master"  # ended by the switch, not by the demotion
 
         async def enqueue_once_reachable() -> Task:
             for _ in range(100):
@@ -331,10 +347,12 @@ async def test_after_a_sentinel_failover_the_backend_works_on_the_new_primary(
                     [submitted] = await submitter.enqueue([make(clock)])
                     return submitted.task
                 except BackendUnavailable:
-                    await asyncio.sleep(0.05)  # the old primary is stepping down
+                    await asyncio.sleep(0.05)  # the sentinel's news reaches each backend
             raise AssertionError("no submit reached the new primary")
 
         after = await enqueue_once_reachable()
+        with redis.Redis(port=promoted) as new_primary:
+            assert new_primary.exists(f"{{failover}}:task:{after.id}")
         assert (await submitter.ping())["version"]
         assert sentinel.primary_port() == promoted
         leased = await worker.dequeue(["default"], 5, worker_id="w", lease_seconds=LEASE)

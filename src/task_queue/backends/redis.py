@@ -350,7 +350,7 @@ class RedisBackend(Backend):
         connection = connect(self.url)
         client = connection.client
         try:
-            await connection.ping()
+            await connection.open()
         except redis_errors.RedisError as exc:
             await connection.aclose()
             raise BackendUnavailable(f"cannot reach Redis at {self._shown_url}: {exc}") from exc

@@ -19,6 +19,7 @@ command that got one.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,10 +31,13 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from task_queue.errors import ConfigError
+from task_queue.logs import get_logger
+
+log = get_logger("task_queue.backends.redis")
 
 Topology = Literal["server", "sentinel", "cluster"]
 
@@ -219,6 +223,67 @@ def _no_resend() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
+SWITCH_CHANNEL = "+switch-master"
+
+
+class _FailoverWatch:
+    """Moves a Sentinel-managed pool to the new primary as soon as a sentinel announces it.
+
+    redis-py asks the sentinels only when it opens a connection, so the ones
+    it holds keep talking to the old primary. That one goes on accepting
+    writes until the sentinels demote it, about ten seconds later, and every
+    task stored there meanwhile is gone when it resyncs from the new primary.
+    On each sentinel's +switch-master (Jedis and Lettuce listen for it too)
+    every connection is closed at once, those in use included: a call in
+    flight on the old primary fails, so it is never acknowledged and lost.
+    """
+
+    def __init__(self, sentinel: Sentinel, service: str, pool: SentinelConnectionPool) -> None:
+        self._service = service
+        self._pool = pool
+        self._sentinel = sentinel
+        self._listeners = [asyncio.create_task(self._listen(s)) for s in sentinel.sentinels]
+
+    async def _listen(self, sentinel: aioredis.Redis) -> None:
+        """Follow one sentinel's announcements; reconnect with capped pauses while it is down."""
+        failures = 0
+        async with sentinel.pubsub() as pubsub:
+            while True:
+                try:
+                    if not pubsub.subscribed:
+                        await pubsub.subscribe(SWITCH_CHANNEL)
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":  # again after each reconnect
+                        await self._move_to(await self._sentinel.discover_master(self._service))
+                    elif message["type"] == "message":
+                        name, _, _, host, port = message["data"].split()
+                        if name == self._service:
+                            await self._move_to((host, int(port)))
+                    failures = 0
+                except redis_errors.RedisError:
+                    failures += 1
+                    await asyncio.sleep(min(0.1 * 2**failures, 10.0))
+
+    async def _move_to(self, primary: tuple[str, int]) -> None:
+        """A switch missed while unsubscribed is caught by the check after each subscribe."""
+        old, self._pool.master_address = self._pool.master_address, primary
+        if old is not None and old != primary:
+            log.warning(
+                "sentinel named a new primary: connections to the old one closed",
+                service=self._service,
+                old=f"{old[0]}:{old[1]}",
+                new=f"{primary[0]}:{primary[1]}",
+            )
+            await self._pool.disconnect()
+
+    async def aclose(self) -> None:
+        for listener in self._listeners:
+            listener.cancel()
+        await asyncio.gather(*self._listeners, return_exceptions=True)
+
+
 class RedisConnection:
     """A client for one REDIS_URL, whatever the topology, and what the backend needs beside it.
 
@@ -232,6 +297,7 @@ class RedisConnection:
         self.address = address
         self._cluster: RedisCluster | None = None
         self._sentinel: Sentinel | None = None
+        self._watch: _FailoverWatch | None = None
         self._servers: dict[str, aioredis.Redis] = {}
         self.client: aioredis.Redis
         auth = {"username": address.username, "password": address.password}
@@ -258,8 +324,9 @@ class RedisConnection:
             )
             self.client = cast(aioredis.Redis, self._cluster)
 
-    async def ping(self) -> None:
-        """Reach the server (the primary, the cluster) once; a RedisError if it cannot be.
+    async def open(self) -> None:
+        """Reach the server (the primary, the cluster) once, a RedisError if it cannot be;
+        behind Sentinel, then follow the sentinels' announcements of a new primary.
 
         redis-py's message for a primary no sentinel names prints each
         sentinel client with its settings, passwords included: replaced here.
@@ -272,6 +339,9 @@ class RedisConnection:
             raise MasterNotFoundError(
                 f"no sentinel at {nodes} named a healthy primary for {service!r}"
             ) from None
+        if self._sentinel is not None and self._watch is None:
+            pool = cast(SentinelConnectionPool, self.client.connection_pool)
+            self._watch = _FailoverWatch(self._sentinel, self.address.service, pool)
 
     async def server_for(self, key: str) -> aioredis.Redis:
         """A client of the one server that holds `key`: on a cluster, the primary of its slot.
@@ -294,6 +364,9 @@ class RedisConnection:
         return server
 
     async def aclose(self) -> None:
+        if self._watch is not None:
+            await self._watch.aclose()
+            self._watch = None
         clients: Sequence[Any] = [
             self.client,
             *self._servers.values(),
