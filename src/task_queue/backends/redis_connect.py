@@ -245,29 +245,26 @@ class _FailoverWatch:
         self._listeners = [asyncio.create_task(self._listen(s)) for s in sentinel.sentinels]
 
     async def _listen(self, sentinel: aioredis.Redis) -> None:
-        """Follow one sentinel's announcements; reconnect with capped pauses while it is down."""
+        """Follow one sentinel's announcements; after any failure, subscribe anew after a
+        pause that doubles up to 10 s, and ask for the primary once subscribed again."""
         failures = 0
-        async with sentinel.pubsub() as pubsub:
-            while True:
-                try:
-                    if not pubsub.subscribed:
-                        await pubsub.subscribe(SWITCH_CHANNEL)
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":  # again after each reconnect
-                        await self._move_to(await self._sentinel.discover_master(self._service))
-                    elif message["type"] == "message":
-                        name, _, _, host, port = message["data"].split()
-                        if name == self._service:
-                            await self._move_to((host, int(port)))
-                    failures = 0
-                except redis_errors.RedisError:
-                    failures += 1
-                    await asyncio.sleep(min(0.1 * 2**failures, 10.0))
+        while True:
+            try:
+                async with sentinel.pubsub() as pubsub:
+                    await pubsub.subscribe(SWITCH_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message["type"] == "subscribe":  # a switch missed meanwhile
+                            await self._move_to(await self._sentinel.discover_master(self._service))
+                            failures = 0
+                        elif message["type"] == "message":
+                            name, _, _, host, port = message["data"].split()
+                            if name == self._service:
+                                await self._move_to((host, int(port)))
+            except redis_errors.RedisError:
+                failures += 1
+                await asyncio.sleep(min(0.1 * 2**failures, 10.0))
 
     async def _move_to(self, primary: tuple[str, int]) -> None:
-        """A switch missed while unsubscribed is caught by the check after each subscribe."""
         old, self._pool.master_address = self._pool.master_address, primary
         if old is not None and old != primary:
             log.warning(
