@@ -233,7 +233,7 @@ class _FailoverWatch:
     it holds keep talking to the old primary. That one goes on accepting
     writes until the sentinels demote it, about ten seconds later, and every
     task stored there meanwhile is gone when it resyncs from the new primary.
-    On each sentinel's +switch-master (Jedis and Lettuce listen for it too)
+    On each sentinel's +switch-master (Jedis's sentinel pool listens for it too)
     every connection is closed at once, those in use included: a call in
     flight on the old primary fails, so it is never acknowledged and lost.
     """
