@@ -50,6 +50,12 @@ def parse_cursor(cursor: str) -> int:
     return int(cursor)
 
 
+def reconnect_pause(failures: int) -> float:
+    """Seconds to wait after `failures` tries in a row could not reach the backend:
+    0.2 doubling up to 10, so an outage costs no busy loop and a return is seen soon."""
+    return min(0.1 * 2.0**failures, 10.0)
+
+
 # A worker that has not sent a heartbeat for this many of its intervals is gone.
 WORKER_EXPIRY_HEARTBEATS = 3
 

@@ -34,6 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from task_queue.backends.base import reconnect_pause
 from task_queue.errors import ConfigError
 from task_queue.logs import get_logger
 
@@ -246,7 +247,7 @@ class _FailoverWatch:
 
     async def _listen(self, sentinel: aioredis.Redis) -> None:
         """Follow one sentinel's announcements; after any failure, subscribe anew after a
-        pause that doubles up to 10 s, and ask for the primary once subscribed again."""
+        reconnect pause, and ask for the primary once subscribed again."""
         failures = 0
         while True:
             try:
@@ -262,7 +263,7 @@ class _FailoverWatch:
                                 await self._move_to((host, int(port)))
             except redis_errors.RedisError:
                 failures += 1
-                await asyncio.sleep(min(0.1 * 2**failures, 10.0))
+                await asyncio.sleep(reconnect_pause(failures))
 
     async def _move_to(self, primary: tuple[str, int]) -> None:
         old, self._pool.master_address = self._pool.master_address, primary

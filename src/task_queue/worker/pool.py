@@ -26,7 +26,13 @@ from typing import Any
 import httpx
 import orjson
 
-from task_queue.backends.base import Backend, IdleWorker, LeaseReport, WorkerInfo
+from task_queue.backends.base import (
+    Backend,
+    IdleWorker,
+    LeaseReport,
+    WorkerInfo,
+    reconnect_pause,
+)
 from task_queue.config import Settings
 from task_queue.errors import (
     BackendUnavailable,
@@ -142,7 +148,7 @@ class WorkerPool:
                     quiet = len(tasks) == 1
             except BackendUnavailable as exc:
                 failures += 1
-                pause = min(0.1 * 2**failures, 10.0)
+                pause = reconnect_pause(failures)
                 log.warning("backend unavailable, will retry", error=str(exc), retry_in=pause)
                 await self._until(self._stopping, pause)
                 continue
