@@ -249,20 +249,38 @@ async def test_finishes_of_one_tick_go_as_one_script_call_and_each_gets_its_own_
     assert statuses[2] is TaskStatus.RUNNING
 
 
-async def test_single_submits_of_one_tick_share_a_script_call_and_keep_their_answers(
-    redis_backend: RedisBackend, clock: ManualClock
+async def test_single_submits_of_one_tick_go_in_two_halves_unless_another_tick_is_on_its_way(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
 ) -> None:
+    """Redis stores one half while this process takes the other's answers and its
+    callers build their next submits, so the two cohorts take turns with Redis
+    rather than wait on it together. A tick made while another's calls are on their
+    way goes whole, so the cohorts split no further. Each caller keeps its answer."""
     first = make(clock, idempotency_key="same", request_hash="a")
     await redis_backend.enqueue([first])
-    fresh = [make(clock) for _ in range(5)]
+    fresh = [make(clock) for _ in range(9)]
     conflicting = make(clock, idempotency_key="same", request_hash="b")
-    answers = await asyncio.gather(
-        *(redis_backend.enqueue([task]) for task in [*fresh, conflicting]),
-        return_exceptions=True,
-    )
-    assert [a[0].created for a in answers[:5]] == [True] * 5  # type: ignore[index]
-    assert type(answers[5]).__name__ == "IdempotencyConflict"
-    assert (await redis_backend.stats()).by_status == {"pending": 6}
+    before = await calls(raw)
+    await raw.client_pause(10_000, all=False)  # no script runs until both ticks are sent
+    try:
+        one = asyncio.gather(
+            *(redis_backend.enqueue([task]) for task in [*fresh[:6], conflicting]),
+            return_exceptions=True,
+        )
+        await asyncio.sleep(0.2)
+        two = asyncio.gather(*(redis_backend.enqueue([task]) for task in fresh[6:]))
+        await asyncio.sleep(0.2)
+    finally:
+        await raw.client_unpause()
+    answers = [*await one, *await two]
+    # the tick's first call is sent at once, alone; its other six in two halves;
+    # the second tick whole
+    assert await calls(raw) == before + 1 + 2 + 1
+    assert type(answers[6]).__name__ == "IdempotencyConflict"
+    created = [a for i, a in enumerate(answers) if i != 6]
+    assert [a[0].task.id for a in created] == [task.id for task in fresh]  # type: ignore[index]
+    assert all(a[0].created for a in created)  # type: ignore[index]
+    assert (await redis_backend.stats()).by_status == {"pending": 10}
 
 
 async def test_a_call_made_while_nothing_is_on_its_way_is_sent_at_once(
@@ -332,20 +350,31 @@ async def test_big_submits_of_one_tick_are_script_calls_of_their_own(
 async def test_submits_merged_into_one_call_meet_the_waiting_bound_one_by_one(
     redis_server: RedisServer, raw: aioredis.Redis, clock: ManualClock, prefix: str
 ) -> None:
-    backend = RedisBackend(redis_server.url, clock=clock, max_waiting=4, prefix=prefix)
+    backend = RedisBackend(redis_server.url, clock=clock, max_waiting=5, prefix=prefix)
     await backend.open()
     try:
-        before = await calls(raw)
-        answers = await asyncio.gather(
-            backend.enqueue([make(clock)]),  # the batcher is idle: sent at once, alone
-            backend.enqueue([make(clock), make(clock)]),
-            backend.enqueue([make(clock), make(clock)]),  # would make 5: refused whole
-            backend.enqueue([make(clock)]),
-            return_exceptions=True,
-        )
-        assert await calls(raw) == before + 2
-        assert [type(a).__name__ for a in answers] == ["list", "list", "QueueFull", "list"]
-        assert (await backend.stats()).by_status == {"pending": 4}
+        await raw.client_pause(10_000, all=False)  # no script runs until all are sent
+        try:
+            # the batcher is idle: the first is sent at once, the second alone in its tick
+            on_their_way = asyncio.gather(
+                backend.enqueue([make(clock)]), backend.enqueue([make(clock)])
+            )
+            await asyncio.sleep(0.2)
+            before = await calls(raw)
+            merged = asyncio.gather(  # sent whole, one call: the others are on their way
+                backend.enqueue([make(clock), make(clock)]),
+                backend.enqueue([make(clock), make(clock)]),  # would make 6: refused whole
+                backend.enqueue([make(clock)]),
+                return_exceptions=True,
+            )
+            await asyncio.sleep(0.2)
+        finally:
+            await raw.client_unpause()
+        await on_their_way
+        answers = await merged
+        assert await calls(raw) == before + 3
+        assert [type(a).__name__ for a in answers] == ["list", "QueueFull", "list"]
+        assert (await backend.stats()).by_status == {"pending": 5}
     finally:
         await backend.close()
 

