@@ -227,8 +227,8 @@ class _Batcher:
             # cohort: they build their calls while Redis idles, then wait while it
             # runs them all. In two halves on two connections, Redis runs the second
             # while this process takes the first's answers and those callers build
-            # their next calls; the two cohorts then keep alternating, and 50
-            # submitting coroutines went from 20,000-30,000 to 33,000-49,000 tasks/s.
+            # their next calls; the two cohorts then keep alternating (50 submitting
+            # coroutines: about 1.5x the tasks/s, docs/benchmarks.md).
             half = len(batch) // 2
             await asyncio.gather(self._send(batch[:half]), self._send(batch[half:]))
         else:
