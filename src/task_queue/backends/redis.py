@@ -167,7 +167,7 @@ def load_script(name: str) -> str:
 
 
 # A script call waiting in the batcher: the script, its arguments, its caller's answer.
-_Call = tuple[str, Sequence[Any], "asyncio.Future[Any]"]
+_Call = tuple[str, Sequence[Any], asyncio.Future[Any]]
 
 
 class _Batcher:
