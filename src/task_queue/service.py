@@ -20,8 +20,8 @@ import uvicorn
 import uvloop
 
 from task_queue import backends, metrics
-from task_queue.api.app import create_app, create_metrics_app
 from task_queue.api.limits import BACKLOG, KEEP_ALIVE_SECONDS
+from task_queue.api.metrics_app import create_metrics_app
 from task_queue.api.protocol import GuardedHttpProtocol
 from task_queue.backends.base import Backend
 from task_queue.client import AsyncClient
@@ -152,6 +152,9 @@ async def run(
             metrics_app = create_metrics_app(backend, counted)
             jobs.append(_serve_http(metrics_app, None, metrics_sock, settings, stop, force))
         if api:
+            # Here, not at the top: a `worker` alone never loads FastAPI and the routes.
+            from task_queue.api.app import create_app
+
             assert sock is not None
             client = AsyncClient(backend, registry=registry)
             app = create_app(client, settings, counted)

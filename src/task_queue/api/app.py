@@ -5,20 +5,15 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI
-from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from task_queue import __version__
 from task_queue.api import dashboard, errors, routes, schemas
 from task_queue.api.guard import Guard
 from task_queue.api.middleware import RequestLog
-from task_queue.backends.base import Backend
 from task_queue.client import AsyncClient
 from task_queue.config import Settings
-from task_queue.metrics import CONTENT_TYPE, Metrics
+from task_queue.metrics import Metrics
 
 
 def create_app(client: AsyncClient, settings: Settings, metrics: Metrics) -> FastAPI:
@@ -61,12 +56,3 @@ def create_app(client: AsyncClient, settings: Settings, metrics: Metrics) -> Fas
     )
     app.add_middleware(RequestLog, metrics=metrics)
     return app
-
-
-def create_metrics_app(backend: Backend, metrics: Metrics) -> Starlette:
-    """GET /metrics alone, for a `worker` process on METRICS_PORT: its counters live there."""
-
-    async def scrape(request: Request) -> Response:
-        return Response(await metrics.render(backend), media_type=CONTENT_TYPE)
-
-    return Starlette(routes=[Route("/metrics", scrape)])
