@@ -94,6 +94,8 @@ def _start(settings: Settings, registry: Registry, *, api: bool, worker: bool) -
             f"HTTP_WORKERS={settings.http_workers}: the memory backend lives in one process; "
             "use sqlite or redis to serve from several"
         )
+    if copies:  # loaded before the fork, so that the copies share it (run() imports it)
+        import task_queue.api.app  # noqa: F401
     children = []
     for _ in range(copies):
         pid = os.fork()
