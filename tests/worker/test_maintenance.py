@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from task_queue._clock import ManualClock
+from task_queue.backends.base import Backend
 from task_queue.backends.memory import MemoryBackend
 from task_queue.config import Settings
 from task_queue.task import Task, TaskStatus
-from task_queue.worker.maintenance import Janitor, Recoverer, Scheduler
+from task_queue.worker.maintenance import RECOVER_BATCH, Janitor, Recoverer, Scheduler
 
 
 async def lease_one(store: MemoryBackend, clock: ManualClock, **options: object) -> Task:
@@ -30,6 +31,22 @@ async def test_recoverer_requeues_task_whose_lease_expired(
     [again] = await store.dequeue([], 1, worker_id="alive", lease_seconds=30)
     assert again.id == task.id
     assert again.attempts == 2
+
+
+async def test_recoverer_gives_back_every_expired_lease_in_one_run(
+    backend: Backend, clock: ManualClock, settings: Settings
+) -> None:
+    """A host that died holding more tasks than a batch: all of them come back one
+    lease later, on every backend (Redis reads its batch from the leased index)."""
+    count = RECOVER_BATCH * 2 + 50
+    await backend.enqueue([Task.new("noop", {}, now=clock.now()) for _ in range(count)])
+    leased = await backend.dequeue([], count, worker_id="dead-host", lease_seconds=30)
+    assert len(leased) == count
+    clock.advance(31)
+    assert await Recoverer(backend, settings).run_once() == count
+    for task in leased:
+        assert (await backend.get(task.id)).status is TaskStatus.RETRYING
+    assert await backend.expired(RECOVER_BATCH) == []
 
 
 async def test_recoverer_fails_a_task_that_kills_its_worker_every_time(

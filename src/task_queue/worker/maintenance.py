@@ -10,6 +10,7 @@ from task_queue.backends.base import Backend
 from task_queue.config import Settings
 from task_queue.errors import LeaseLost
 from task_queue.logs import get_logger
+from task_queue.task import Task
 from task_queue.worker.loops import PeriodicLoop
 
 log = get_logger("task_queue.worker")
@@ -30,30 +31,43 @@ class Recoverer(PeriodicLoop):
         self.interval = min(settings.lease_seconds / 2, 5.0)
 
     async def run_once(self) -> int:
+        """Every expired lease, a batch at a time.
+
+        A host that dies with hundreds of tasks leased gets them all back one
+        lease later, not a batch per interval: every process's recoverer reads
+        the same oldest batch, so batches per interval would not add up.
+        A full batch that another process recovered first ends the run.
+        """
         recovered = 0
-        for task in await self.backend.expired(RECOVER_BATCH):
-            error = f"lease expired: worker {task.worker_id} stopped without finishing the task"
-            outcome = task.after_failure(
-                error,
-                self.backend.clock.now(),
-                base=self.settings.retry_base_seconds,
-                cap=self.settings.retry_max_seconds,
-                delay=0.0,
-            )
-            try:
-                await self.backend.finish(outcome, task.lease_token or "")
-            except LeaseLost:
-                continue
-            recovered += 1
-            log.warning(
-                "task recovered",
-                task_id=task.id,
-                type=task.type,
-                status=outcome.status.value,
-                attempts=outcome.attempts,
-                lost_worker=task.worker_id,
-            )
-        return recovered
+        while True:
+            batch = await self.backend.expired(RECOVER_BATCH)
+            taken = [task for task in batch if await self._recover(task)]
+            recovered += len(taken)
+            if len(batch) < RECOVER_BATCH or not taken:
+                return recovered
+
+    async def _recover(self, task: Task) -> bool:
+        error = f"lease expired: worker {task.worker_id} stopped without finishing the task"
+        outcome = task.after_failure(
+            error,
+            self.backend.clock.now(),
+            base=self.settings.retry_base_seconds,
+            cap=self.settings.retry_max_seconds,
+            delay=0.0,
+        )
+        try:
+            await self.backend.finish(outcome, task.lease_token or "")
+        except LeaseLost:
+            return False
+        log.warning(
+            "task recovered",
+            task_id=task.id,
+            type=task.type,
+            status=outcome.status.value,
+            attempts=outcome.attempts,
+            lost_worker=task.worker_id,
+        )
+        return True
 
 
 class Scheduler(PeriodicLoop):
