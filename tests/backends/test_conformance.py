@@ -313,6 +313,42 @@ async def test_list_pages_newest_first_with_filters(backend: Backend, clock: Man
     assert len(pending.tasks) == 5
 
 
+async def test_list_by_status_pages_in_the_order_of_the_whole_list(
+    backend: Backend, clock: ManualClock
+) -> None:
+    """Whichever index a backend reads a status from, its pages follow the submit order."""
+    await backend.enqueue([make(clock, queue="a" if i % 3 else "b") for i in range(20)])
+    await backend.enqueue([make(clock, queue="a", run_at=clock.now() + 60) for _ in range(3)])
+    running = await backend.dequeue(["a", "b"], 12, worker_id="w", lease_seconds=LEASE)
+    outcomes = [task.completed(None, clock.now()) for task in running[:3]]
+    outcomes += [task.failed("boom", clock.now()) for task in running[3:6]]
+    outcomes += [
+        task.after_failure("again", clock.now(), base=1.0, cap=10.0, delay=30.0)
+        for task in running[6:8]
+    ]
+    for task, outcome in zip(running, outcomes, strict=False):
+        await backend.finish(outcome, task.lease_token or "")
+    whole = await backend.list_tasks(TaskFilter(), 100, None)
+    for pending in [t for t in whole.tasks if t.status is TaskStatus.PENDING][:2]:
+        await backend.cancel(pending.id)
+    whole = await backend.list_tasks(TaskFilter(), 100, None)
+    assert {t.status for t in whole.tasks} == set(TaskStatus)
+    for status in TaskStatus:
+        for queue in (None, "a"):
+            expected = [
+                t.id for t in whole.tasks if t.status is status and queue in (None, t.queue)
+            ]
+            listed: list[str] = []
+            cursor = None
+            while True:
+                page = await backend.list_tasks(TaskFilter(status=status, queue=queue), 2, cursor)
+                listed += [t.id for t in page.tasks]
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert listed == expected, (status, queue)
+
+
 async def test_list_rejects_a_foreign_cursor(backend: Backend) -> None:
     with pytest.raises(ValueError, match="cursor"):
         await backend.list_tasks(TaskFilter(), 10, "not-a-cursor")

@@ -16,6 +16,8 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from task_queue._clock import ManualClock
+from task_queue.backends import redis as redis_backend_module
+from task_queue.backends.base import TaskFilter
 from task_queue.backends.redis import (
     OWN_CALL_TASKS,
     PARK_SECONDS,
@@ -247,6 +249,34 @@ async def test_finishes_of_one_tick_go_as_one_script_call_and_each_gets_its_own_
     statuses = [(await redis_backend.get(task.id)).status for task in leased]
     assert statuses.count(TaskStatus.COMPLETED) == 5
     assert statuses[2] is TaskStatus.RUNNING
+
+
+async def test_a_rare_status_is_listed_from_its_own_index_not_by_walking_every_task(
+    redis_backend: RedisBackend,
+    raw: aioredis.Redis,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await redis_backend.enqueue([make(clock) for _ in range(1000)])
+    leased = await redis_backend.dequeue([], 1000, worker_id="w", lease_seconds=LEASE)
+    outcomes = [task.failed("boom", clock.now()) for task in leased[:3]]
+    outcomes += [task.completed(None, clock.now()) for task in leased[3:]]
+    await asyncio.gather(
+        *(
+            redis_backend.finish(outcome, task.lease_token or "")
+            for task, outcome in zip(leased, outcomes, strict=True)
+        )
+    )
+    failed = TaskFilter(status=TaskStatus.FAILED)
+    before = await calls(raw, "hgetall")
+    page = await redis_backend.list_tasks(failed, 50, None)
+    assert [t.id for t in page.tasks] == [t.id for t in reversed(leased[:3])]
+    assert await calls(raw, "hgetall") == before + 3
+    # A status with more tasks than LIST_BY_STATUS: the same page, from every task.
+    monkeypatch.setattr(redis_backend_module, "LIST_BY_STATUS", 2)
+    before = await calls(raw, "hgetall")
+    assert await redis_backend.list_tasks(failed, 50, None) == page
+    assert await calls(raw, "hgetall") == before + 1000
 
 
 async def test_single_submits_of_one_tick_go_in_two_halves_unless_another_tick_is_on_its_way(
