@@ -313,6 +313,23 @@ async def test_list_pages_newest_first_with_filters(backend: Backend, clock: Man
     assert len(pending.tasks) == 5
 
 
+async def test_records_of_dead_workers_are_purged_and_live_ones_kept(
+    backend: Backend, clock: ManualClock
+) -> None:
+    killed = WorkerInfo("killed", "host", 41, ["default"], 5, clock.now(), heartbeat_interval=10)
+    alive = WorkerInfo("alive", "host", 42, ["default"], 5, clock.now(), heartbeat_interval=10)
+    await backend.heartbeat(killed, {}, LEASE)
+    await backend.heartbeat(alive, {}, LEASE)
+    assert await backend.purge_workers() == 0
+    clock.advance(31)
+    await backend.heartbeat(alive, {}, LEASE)
+    assert await backend.purge_workers() == 1
+    assert await backend.purge_workers() == 0  # its record is gone, not only hidden
+    assert [w.id for w in await backend.workers()] == ["alive"]
+    await backend.heartbeat(killed, {}, LEASE)  # it was only stalled: it is back
+    assert {w.id for w in await backend.workers()} == {"alive", "killed"}
+
+
 async def test_list_by_status_pages_in_the_order_of_the_whole_list(
     backend: Backend, clock: ManualClock
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from task_queue._clock import ManualClock
-from task_queue.backends.base import Backend
+from task_queue.backends.base import Backend, WorkerInfo
 from task_queue.backends.memory import MemoryBackend
 from task_queue.config import Settings
 from task_queue.task import Task, TaskStatus
@@ -83,3 +83,15 @@ async def test_janitor_purges_old_results_only(
     assert await janitor.run_once() == 0
     clock.advance(settings.result_ttl_seconds + 1)
     assert await janitor.run_once() == 1
+
+
+async def test_janitor_forgets_workers_that_died_without_stopping(
+    store: MemoryBackend, clock: ManualClock, settings: Settings
+) -> None:
+    killed = WorkerInfo("killed", "host", 41, ["default"], 5, clock.now(), heartbeat_interval=10)
+    await store.heartbeat(killed, {}, 30)
+    janitor = Janitor(store, settings)
+    assert await janitor.run_once() == 0
+    clock.advance(31)
+    assert await janitor.run_once() == 1
+    assert await store.purge_workers() == 0

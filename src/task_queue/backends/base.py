@@ -247,6 +247,15 @@ class Backend(abc.ABC):
         """Every worker whose last heartbeat is recent, from every process sharing the backend."""
 
     @abc.abstractmethod
+    async def purge_workers(self) -> int:
+        """Delete the records of workers no longer alive; how many.
+
+        A worker that stops cleanly removes its own; one killed (OOM, kill -9, a
+        lost host) leaves it behind, and a fleet restarted often would pile them up.
+        A worker that was only stalled registers again with its next heartbeat.
+        """
+
+    @abc.abstractmethod
     async def stats(self) -> QueueStats: ...
 
     @abc.abstractmethod

@@ -257,6 +257,13 @@ class MemoryBackend(Backend):
         now = self.clock.now()
         return [w for w in self._workers.values() if w.alive_at(now)]
 
+    async def purge_workers(self) -> int:
+        now = self.clock.now()
+        dead = [w.id for w in self._workers.values() if not w.alive_at(now)]
+        for worker_id in dead:
+            del self._workers[worker_id]
+        return len(dead)
+
     async def stats(self) -> QueueStats:
         horizon = self.clock.now() - 60.0
         while self._finished_at and self._finished_at[0] < horizon:

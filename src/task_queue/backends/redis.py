@@ -600,10 +600,19 @@ class RedisBackend(Backend):
         return await self._load_many(ids)
 
     async def workers(self) -> list[WorkerInfo]:
-        raw: dict[str, str] = await self._guard(lambda: self._client.hgetall(f"{self._p}workers"))
+        return [worker for worker in await self._all_workers() if worker.alive_at(self.clock.now())]
+
+    async def purge_workers(self) -> int:
+        """A heartbeat that lands between the read and the delete is lost; that worker's
+        next one (a third of a lease later) registers it again."""
         now = self.clock.now()
-        found = [WorkerInfo(**orjson.loads(doc)) for doc in raw.values()]
-        return [worker for worker in found if worker.alive_at(now)]
+        dead = [worker.id for worker in await self._all_workers() if not worker.alive_at(now)]
+        key = f"{self._p}workers"
+        return int(await self._guard(lambda: self._client.hdel(key, *dead))) if dead else 0
+
+    async def _all_workers(self) -> list[WorkerInfo]:
+        raw: dict[str, str] = await self._guard(lambda: self._client.hgetall(f"{self._p}workers"))
+        return [WorkerInfo(**orjson.loads(doc)) for doc in raw.values()]
 
     async def _waiting(self) -> int:
         return (await self.stats()).waiting

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from task_queue._clock import Clock
 from task_queue.backends import sqlite_schema as schema
 from task_queue.backends.base import (
+    WORKER_EXPIRY_HEARTBEATS,
     Backend,
     IdleWorker,
     LeaseReport,
@@ -439,6 +440,16 @@ class SQLiteBackend(Backend):
         rows = await self._read(lambda conn: conn.execute(sql).fetchall())
         now = self.clock.now()
         return [worker for worker in map(schema.worker_from_row, rows) if worker.alive_at(now)]
+
+    async def purge_workers(self) -> int:
+        now = self.clock.now()
+
+        def run(txn: _Txn) -> int:
+            # WorkerInfo.alive_at, negated, in SQL
+            sql = "DELETE FROM workers WHERE last_heartbeat < ? - ? * heartbeat_interval"
+            return txn.conn.execute(sql, (now, WORKER_EXPIRY_HEARTBEATS)).rowcount
+
+        return await self._write(run)
 
     async def stats(self) -> QueueStats:
         horizon = self.clock.now() - 60.0

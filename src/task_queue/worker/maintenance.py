@@ -83,7 +83,8 @@ class Scheduler(PeriodicLoop):
 
 
 class Janitor(PeriodicLoop):
-    """Deletes completed and cancelled tasks older than RESULT_TTL_SECONDS; failed ones stay."""
+    """Deletes completed and cancelled tasks older than RESULT_TTL_SECONDS (failed ones
+    stay), and the records of workers that died without stopping cleanly."""
 
     interval = 60.0
 
@@ -92,4 +93,6 @@ class Janitor(PeriodicLoop):
         self.ttl = settings.result_ttl_seconds
 
     async def run_once(self) -> int:
-        return await self.backend.purge_finished(self.backend.clock.now() - self.ttl)
+        """How many it deleted: tasks and worker records."""
+        purged = await self.backend.purge_finished(self.backend.clock.now() - self.ttl)
+        return purged + await self.backend.purge_workers()
