@@ -279,6 +279,23 @@ async def test_a_rare_status_is_listed_from_its_own_index_not_by_walking_every_t
     assert await calls(raw, "hgetall") == before + 1000
 
 
+async def test_a_submit_counts_only_the_queues_with_tasks_ready_not_every_name_ever_used(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
+) -> None:
+    """Per-tenant queue names must not slow every submit down (its QUEUE_SIZE check
+    took a ZCARD per name ever used: 1,000 names cut serial submits to a fifth)."""
+    names = [f"tenant-{i}" for i in range(200)]
+    await redis_backend.enqueue([make(clock, queue=name) for name in names])
+    assert len(await redis_backend.dequeue(names, 200, worker_id="w", lease_seconds=LEASE)) == 200
+    await redis_backend.enqueue([make(clock, queue="tenant-7")])  # finds the 199 others empty
+    before = await calls(raw, "zcard")
+    await redis_backend.enqueue([make(clock, queue="tenant-8")])
+    assert await calls(raw, "zcard") - before <= 2  # the delayed set and tenant-7
+    [first, second] = await redis_backend.dequeue([], 2, worker_id="w", lease_seconds=LEASE)
+    assert (first.queue, second.queue) == ("tenant-7", "tenant-8")
+    assert (await redis_backend.stats()).pending_by_queue == {}
+
+
 async def test_single_submits_of_one_tick_go_in_two_halves_unless_another_tick_is_on_its_way(
     redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
 ) -> None:

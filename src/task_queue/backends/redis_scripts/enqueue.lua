@@ -14,7 +14,7 @@
 local W = 9
 local waiting, pending_before = waiting_count()
 local seq = tonumber(redis.call('HGET', COUNTS, 'seq') or '0')
-local ready, delayed, all, types, queues, scheduled = {}, {}, {}, {}, {}, 0
+local ready, delayed, all, types, scheduled = {}, {}, {}, {}, 0
 local fresh = {}  -- the ARGV base of each task stored pending
 
 -- The tasks of one group that are already stored under their idempotency key
@@ -78,7 +78,6 @@ local function store(base)
   all[#all + 1] = padded
   all[#all + 1] = id
   types[ARGV[base + 5]] = (types[ARGV[base + 5]] or 0) + 1
-  queues[queue] = true
 end
 
 local answers = {}
@@ -120,6 +119,7 @@ if #fresh == 1 then  -- a lone task into an empty queue: straight to a parked wo
 end
 for queue, members in pairs(ready) do
   each_chunk('ZADD', P .. 'ready:' .. queue, members, 2)
+  note_queue(queue)
   woke = true
 end
 if scheduled > 0 then
@@ -129,7 +129,6 @@ end
 if #all > 0 then
   redis.call('HSET', COUNTS, 'seq', seq)
   each_chunk('ZADD', P .. 'all', all, 2)
-  add_queues(queues)
   for name, count in pairs(types) do
     redis.call('HINCRBY', COUNTS, 'type:' .. name, count)
   end

@@ -30,7 +30,8 @@
 --                              microseconds, seq16 = seq zero-padded to 16 digits.
 --                              Lowest member = highest priority, earliest run_at,
 --                              first submitted: the contract's order, exactly.
---   P..queues          set     every queue name used (dequeue from "all queues")
+--   P..queues          set     the queues with ready tasks, and those emptied since
+--                              the last submit (dequeue from "all queues")
 --   P..delayed         zset    scheduled + retrying tasks, score run_at (seconds)
 --   P..leased          zset    running tasks, score lease_expires_at (seconds)
 --   P..final:<status>  zset    completed / failed / cancelled, score completed_at
@@ -81,6 +82,33 @@ local function each_chunk(command, key, items, width)
   end
 end
 
+-- The queues that hold ready tasks (and those emptied since the last submit),
+-- read once per script call (SMEMBERS); note_queue keeps the list current for
+-- the rest of the call, with each name once.
+local known_queues, listed, noted = nil, {}, {}
+
+local function all_queues()
+  if known_queues == nil then
+    known_queues = redis.call('SMEMBERS', P .. 'queues')
+    for _, name in ipairs(known_queues) do
+      listed[name] = true
+    end
+  end
+  return known_queues
+end
+
+-- Tasks became ready in queue `name`: one SADD per name and call.
+local function note_queue(name)
+  if not noted[name] then
+    noted[name] = true
+    redis.call('SADD', P .. 'queues', name)
+    if known_queues and not listed[name] then
+      listed[name] = true
+      known_queues[#known_queues + 1] = name
+    end
+  end
+end
+
 -- Remove task `id` (stored status s, queue q, rank r, sequence seq) from its index.
 local function unindex(id, s, q, r, seq)
   if s == 'pending' then
@@ -99,6 +127,7 @@ end
 local function index(id, s, q, r, seq, score)
   if s == 'pending' then
     redis.call('ZADD', P .. 'ready:' .. q, 0, member(r, seq, id))
+    note_queue(q)
     woke = true
   elseif DELAYED[s] then
     redis.call('ZADD', P .. 'delayed', score, id)
@@ -108,41 +137,19 @@ local function index(id, s, q, r, seq, score)
   end
 end
 
--- Every queue name used, read once per script call (SMEMBERS); add_queues keeps
--- it current for the rest of the call.
-local known_queues = nil
-
-local function all_queues()
-  if known_queues == nil then
-    known_queues = redis.call('SMEMBERS', P .. 'queues')
-  end
-  return known_queues
-end
-
--- Record queue names (a set: name -> true), with one SADD of those not yet known.
-local function add_queues(names)
-  local known, new = {}, {}
-  for _, name in ipairs(all_queues()) do
-    known[name] = true
-  end
-  for name in pairs(names) do
-    if not known[name] then
-      new[#new + 1] = name
-      known_queues[#known_queues + 1] = name
-    end
-  end
-  if #new > 0 then
-    each_chunk('SADD', P .. 'queues', new, 1)
-  end
-end
-
 -- The total waiting (pending + scheduled + retrying), and the pending tasks of
--- each known queue (queue -> count).
+-- each listed queue (queue -> count). A queue found empty leaves P..queues, so
+-- a submit's count costs a ZCARD per queue with tasks ready, not per queue name
+-- ever used; note_queue lists it again in this call if tasks become ready there.
 local function waiting_count()
   local total, pending = redis.call('ZCARD', P .. 'delayed'), {}
   for _, queue in ipairs(all_queues()) do
-    pending[queue] = redis.call('ZCARD', P .. 'ready:' .. queue)
-    total = total + pending[queue]
+    local count = redis.call('ZCARD', P .. 'ready:' .. queue)
+    if count == 0 then
+      redis.call('SREM', P .. 'queues', queue)
+    end
+    pending[queue] = count
+    total = total + count
   end
   return total, pending
 end
@@ -161,6 +168,7 @@ local function promote_due(now, limit, stamp)
     local f = redis.call('HMGET', key, 's', 'q', 'r', 'seq')
     left[f[1]] = (left[f[1]] or 0) + 1
     redis.call('ZADD', P .. 'ready:' .. f[2], 0, member(f[3], f[4], id))
+    note_queue(f[2])
     redis.call('HSET', key, 's', 'pending', 'u', now, 'rev', stamp .. ':' .. i)
   end
   each_chunk('ZREM', P .. 'delayed', ids, 1)
