@@ -600,7 +600,8 @@ class RedisBackend(Backend):
         return await self._load_many(ids)
 
     async def workers(self) -> list[WorkerInfo]:
-        return [worker for worker in await self._all_workers() if worker.alive_at(self.clock.now())]
+        now = self.clock.now()
+        return [worker for worker in await self._all_workers() if worker.alive_at(now)]
 
     async def purge_workers(self) -> int:
         """A heartbeat that lands between the read and the delete is lost; that worker's
