@@ -83,24 +83,25 @@ local function each_chunk(command, key, items, width)
 end
 
 -- The queues that hold ready tasks (and those emptied since the last submit),
--- read once per script call (SMEMBERS); note_queue keeps the list current for
--- the rest of the call, with each name once.
-local known_queues, listed, noted = nil, {}, {}
+-- read once per script call (SMEMBERS). The list keeps each name once; in_set
+-- is what this call knows of P..queues, which note_queue and waiting_count
+-- keep current, so a queue already listed costs no SADD.
+local known_queues, listed, in_set = nil, {}, {}
 
 local function all_queues()
   if known_queues == nil then
     known_queues = redis.call('SMEMBERS', P .. 'queues')
     for _, name in ipairs(known_queues) do
-      listed[name] = true
+      listed[name], in_set[name] = true, true
     end
   end
   return known_queues
 end
 
--- Tasks became ready in queue `name`: one SADD per name and call.
+-- Tasks became ready in queue `name`: list it, unless this call knows it is.
 local function note_queue(name)
-  if not noted[name] then
-    noted[name] = true
+  if not in_set[name] then
+    in_set[name] = true
     redis.call('SADD', P .. 'queues', name)
     if known_queues and not listed[name] then
       listed[name] = true
@@ -147,6 +148,7 @@ local function waiting_count()
     local count = redis.call('ZCARD', P .. 'ready:' .. queue)
     if count == 0 then
       redis.call('SREM', P .. 'queues', queue)
+      in_set[queue] = false
     end
     pending[queue] = count
     total = total + count
