@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from task_queue.errors import ConfigError, UnknownTaskType
+from task_queue.processors import BUILT_IN_TYPES
 from task_queue.registry import ENTRY_POINT_GROUP, Registry, default_registry, load_modules
 
 
@@ -75,3 +76,17 @@ def test_broken_entry_point_is_a_config_error_naming_it(
 def test_task_modules_that_cannot_be_imported_name_the_setting() -> None:
     with pytest.raises(ConfigError, match=r"^TASK_MODULES='nowhere\.tasks'"):
         load_modules(["nowhere.tasks"])
+
+
+def test_each_built_in_type_is_registered_by_the_module_named_for_it() -> None:
+    for name, module in BUILT_IN_TYPES.items():
+        assert default_registry.get(name).handler.__module__ == module
+
+
+def test_a_deferred_module_that_registers_nothing_leaves_the_type_unknown() -> None:
+    registry = Registry(deferred={"ghost": "json"})
+    assert "ghost" in registry
+    assert registry.names() == ["ghost"]
+    with pytest.raises(UnknownTaskType):
+        registry.get("ghost")
+    assert "ghost" not in registry

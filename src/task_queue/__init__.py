@@ -6,7 +6,6 @@ Submit work from Python with `Client` (or `AsyncClient`), from anywhere with
 
 __version__ = "0.1.0"
 
-from task_queue import processors  # noqa: F401 - importing it registers the built-in types
 from task_queue.client import AsyncClient, Client, TaskRequest
 from task_queue.errors import (
     BackendUnavailable,

@@ -17,6 +17,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from task_queue.errors import ConfigError, PayloadError, UnknownTaskType
+from task_queue.processors import BUILT_IN_TYPES
 
 if TYPE_CHECKING:
     from task_queue.config import Settings
@@ -79,10 +80,18 @@ class TaskType:
 
 
 class Registry:
-    """Maps type names to handlers; the worker routes every task through one of these."""
+    """Maps type names to handlers; the worker routes every task through one of these.
 
-    def __init__(self) -> None:
+    A `deferred` type is known by name (names(), `in`) before its module is
+    imported; the first get() imports the module, whose decorator registers it.
+    The built-in types' modules bring Pillow, aiosmtplib, httpx and their
+    pydantic models: a tenth of a second of every start of a process that may
+    never run them.
+    """
+
+    def __init__(self, deferred: Mapping[str, str] | None = None) -> None:
         self._types: dict[str, TaskType] = {}
+        self._deferred = dict(deferred or {})  # type name -> module that registers it
 
     def task(
         self,
@@ -120,19 +129,27 @@ class Registry:
         return register
 
     def get(self, name: str) -> TaskType:
-        try:
-            return self._types[name]
-        except KeyError:
-            raise UnknownTaskType(name) from None
+        found = self._types.get(name)
+        if found is None and name in self._deferred:
+            importlib.import_module(self._deferred.pop(name))
+            found = self._types.get(name)
+        if found is None:
+            raise UnknownTaskType(name)
+        return found
 
     def __contains__(self, name: object) -> bool:
-        return name in self._types
+        return name in self._types or name in self._deferred
 
     def names(self) -> list[str]:
-        return sorted(self._types)
+        return sorted(self._types.keys() | self._deferred.keys())
+
+    def load_deferred(self) -> None:
+        """Import every deferred type's module now rather than at its first lookup."""
+        for name in list(self._deferred):
+            self.get(name)
 
 
-default_registry = Registry()
+default_registry = Registry(deferred=BUILT_IN_TYPES)
 """Where `task_queue.task_type` registers, and what processes use unless told otherwise."""
 
 task_type = default_registry.task

@@ -17,7 +17,12 @@ from task_queue.metrics import Metrics
 
 
 def create_app(client: AsyncClient, settings: Settings, metrics: Metrics) -> FastAPI:
-    """An app serving `client`'s backend; whoever runs it opens and closes that backend."""
+    """An app serving `client`'s backend; whoever runs it opens and closes that backend.
+
+    Loads the deferred task types first: their first submits would otherwise wait
+    a tenth of a second for the imports (a worker, which may never run them, does not).
+    """
+    client.registry.load_deferred()
     app = FastAPI(
         title="task-queue",
         version=__version__,

@@ -1,5 +1,9 @@
-"""Built-in task types; importing this package registers them in the default registry."""
+"""Built-in task types. Each module registers its type in the default registry when
+imported, which the registry does at the type's first lookup (see Registry)."""
 
-from task_queue.processors import data, emails, images, webhooks
-
-__all__ = ["data", "emails", "images", "webhooks"]
+BUILT_IN_TYPES = {
+    "data_processing": "task_queue.processors.data",
+    "email": "task_queue.processors.emails",
+    "image_resize": "task_queue.processors.images",
+    "webhook": "task_queue.processors.webhooks",
+}
