@@ -131,7 +131,10 @@ class Registry:
     def get(self, name: str) -> TaskType:
         found = self._types.get(name)
         if found is None and name in self._deferred:
-            importlib.import_module(self._deferred.pop(name))
+            # Imported before it leaves _deferred: another thread asking meanwhile
+            # waits on the import lock rather than find the type in neither place.
+            importlib.import_module(self._deferred[name])
+            self._deferred.pop(name, None)
             found = self._types.get(name)
         if found is None:
             raise UnknownTaskType(name)
