@@ -16,10 +16,9 @@ import asyncio
 import statistics
 import time
 
-from benchmarks.peers.run import start_redis
+from benchmarks.scratch_redis import scratch_backend
 from task_queue.backends.base import TaskFilter
 from task_queue.backends.redis import RedisBackend
-from task_queue.logs import configure
 from task_queue.task import Task, TaskStatus
 
 BATCH = 500
@@ -43,11 +42,7 @@ async def main() -> None:
     parser.add_argument("--kept", type=int, default=200_000, help="completed tasks")
     parser.add_argument("--failed", type=int, default=5, help="failed tasks, the newest")
     args = parser.parse_args()
-    configure("warning", "text", None)
-    server, url = start_redis()
-    backend = RedisBackend(url, max_waiting=args.kept + args.failed)
-    await backend.open()
-    try:
+    async with scratch_backend(args.kept + args.failed) as backend:
         await finished(backend, args.kept, failed=False)
         await finished(backend, args.failed, failed=True)
         print(f"| page of 50 among {args.kept:,} completed tasks | found | median ms |")
@@ -61,10 +56,6 @@ async def main() -> None:
                 found = len(page.tasks)
             name = f"status {status}" if status else "no filter"
             print(f"| {name} | {found} | {statistics.median(took):,.1f} |")
-    finally:
-        await backend.close()
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ import argparse
 import asyncio
 import time
 
-from benchmarks.peers.run import start_redis
+from benchmarks.scratch_redis import scratch_backend
 from task_queue.backends.redis import RedisBackend
-from task_queue.logs import configure
 from task_queue.task import Task
 
 BATCH = 500
@@ -41,11 +40,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submits", type=int, default=2000)
     args = parser.parse_args()
-    configure("warning", "text", None)
-    server, url = start_redis()
-    backend = RedisBackend(url, max_waiting=10**9)
-    await backend.open()
-    try:
+    async with scratch_backend(10**9) as backend:
         print("| queue names used before, now empty | submits/s |")
         print("|---:|---:|")
         print(f"| 0 | {await submits_per_second(backend, args.submits):,.0f} |")
@@ -54,10 +49,6 @@ async def main() -> None:
             await use_and_empty(backend, [f"tenant-{i}" for i in range(used, total)])
             used = total
             print(f"| {total:,} | {await submits_per_second(backend, args.submits):,.0f} |")
-    finally:
-        await backend.close()
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":
