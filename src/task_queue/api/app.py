@@ -20,7 +20,7 @@ def create_app(client: AsyncClient, settings: Settings, metrics: Metrics) -> Fas
     """An app serving `client`'s backend; whoever runs it opens and closes that backend.
 
     Loads the deferred task types first: their first submits would otherwise wait
-    a tenth of a second for the imports (a worker, which may never run them, does not).
+    for the imports (a worker, which may never run them, does not).
     """
     client.registry.load_deferred()
     app = FastAPI(
