@@ -70,6 +70,12 @@ local function member(rank, seq, id)
   return rank .. pad16(seq) .. '|' .. id
 end
 
+-- The id in a member(), and where its '|' is: the padded sequence ends just before.
+local function member_id(entry)
+  local bar = string.find(entry, '|', 1, true)
+  return string.sub(entry, bar + 1), bar
+end
+
 local function task_key(id)
   return P .. 'task:' .. id
 end
@@ -225,7 +231,7 @@ local function take(queues, limit)
     end
   end
   for i, entry in ipairs(popped) do
-    popped[i] = string.sub(entry, string.find(entry, '|', 1, true) + 1)
+    popped[i] = (member_id(entry))
   end
   return popped
 end

@@ -32,9 +32,10 @@ end
 
 -- {seq, id, seq as stored} of an index entry of the status asked, or nil.
 local function read(entry)
-  if status == 'pending' then  -- a ready member: rank (18 digits) .. seq16 .. '|' .. id
-    local text = string.sub(entry, 19, 34)
-    return {tonumber(text), string.sub(entry, 36), text}
+  if status == 'pending' then  -- a ready member, which carries the sequence
+    local id, bar = member_id(entry)
+    local text = string.sub(entry, bar - 16, bar - 1)
+    return {tonumber(text), id, text}
   end
   local f = redis.call('HMGET', task_key(entry), 's', 'q', 'seq')
   if f[1] == status and (queue == '' or f[2] == queue) and f[3] then
