@@ -740,7 +740,7 @@ class RedisBackend(Backend):
         )
         if flat is None:
             return None
-        return [(task_id, int(seq)) for task_id, seq in zip(flat[::2], flat[1::2], strict=True)]
+        return [(task_id, int(seq)) for task_id, seq in codec.pairs(flat).items()]
 
     async def take_token(self, client: str, rate: float, burst: float) -> tuple[bool, float, float]:
         """Take one token from `client`'s bucket, shared by every process on this prefix.
