@@ -94,8 +94,10 @@ def _start(settings: Settings, registry: Registry, *, api: bool, worker: bool) -
             f"HTTP_WORKERS={settings.http_workers}: the memory backend lives in one process; "
             "use sqlite or redis to serve from several"
         )
-    if copies:  # loaded before the fork, so that the copies share it (run() imports it)
+    if copies:  # loaded before the fork, so that the copies share them (run() looks them up)
         import task_queue.api.app  # noqa: F401
+
+        registry.load_deferred()
     children = []
     for _ in range(copies):
         pid = os.fork()
