@@ -1,5 +1,14 @@
+"""What a process imports at start-up, seen from a fresh interpreter."""
+
 import subprocess
 import sys
+
+
+def run_probe(probe: str) -> str:
+    """What `probe` prints, run by a Python that has imported nothing yet."""
+    return subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def test_a_worker_process_never_loads_fastapi() -> None:
@@ -11,12 +20,6 @@ def test_a_worker_process_never_loads_fastapi() -> None:
         " or m == 'task_queue.api.app'))"
     )
     assert run_probe(probe).strip() == "[]"
-
-
-def run_probe(probe: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
-    ).stdout
 
 
 def test_a_worker_process_loads_a_built_in_type_at_its_first_task() -> None:
