@@ -1,12 +1,14 @@
-"""Listing tasks by status on Redis, among many finished tasks kept for their retention.
+"""Listing tasks with filters on Redis, among many finished tasks kept for their retention.
 
-    .venv/bin/python -m benchmarks.redis_listing [--kept 200000] [--failed 5]
+    .venv/bin/python -m benchmarks.redis_listing [--kept 200000] [--failed 5] [--rare 5]
 
-Starts a throwaway `redis-server` on a free port, stores `--kept` completed
-tasks and `--failed` failed ones (the newest), then times a page of 50 (the
-dashboard's) with no filter, with status `failed` and with status `running`
-(none): three tries each, the median printed. A rare status is read from its
-own index; a common one, or none, walks every task newest first.
+Starts a throwaway `redis-server` on a free port and stores, oldest first,
+`--rare` completed tasks of type `rare` in queue `rare`, `--kept` completed
+`noop` tasks, and `--failed` failed ones (the newest). Then, for each filter,
+times the first page of 50 (the dashboard's) and the whole listing, following
+`next_cursor` until it is null: three tries each, the median printed. A rare
+status is read from its own index; anything else walks the tasks newest first,
+so the rare type and queue, being the oldest, are the worst case of a walk.
 """
 
 from __future__ import annotations
@@ -22,40 +24,65 @@ from task_queue.backends.redis import RedisBackend
 from task_queue.task import Task, TaskStatus
 
 BATCH = 500
+PAGE = 50
 
 
-async def finished(backend: RedisBackend, count: int, *, failed: bool) -> None:
+async def finished(
+    backend: RedisBackend, count: int, *, failed: bool = False, kind: str = "noop"
+) -> None:
     """Store `count` tasks and take each through a lease to completed (or failed)."""
     for first in range(0, count, BATCH):
         now = time.time()
         size = min(BATCH, count - first)
-        await backend.enqueue([Task.new("noop", {}, now=now) for _ in range(size)])
-        leased = await backend.dequeue([], size, worker_id="bench", lease_seconds=30)
+        await backend.enqueue([Task.new(kind, {}, now=now, queue=kind) for _ in range(size)])
+        leased = await backend.dequeue([kind], size, worker_id="bench", lease_seconds=30)
         outcomes = [t.failed("boom", now) if failed else t.completed(None, now) for t in leased]
         await asyncio.gather(
             *(backend.finish(o, t.lease_token or "") for t, o in zip(leased, outcomes, strict=True))
         )
 
 
+async def timed(backend: RedisBackend, filter: TaskFilter) -> tuple[float, float, int, int]:
+    """Milliseconds for the first page and for every page; tasks on the first and on all."""
+    start = time.perf_counter()
+    page = await backend.list_tasks(filter, PAGE, None)
+    first_ms = (time.perf_counter() - start) * 1000
+    first, found = len(page.tasks), len(page.tasks)
+    while page.next_cursor is not None:
+        page = await backend.list_tasks(filter, PAGE, page.next_cursor)
+        found += len(page.tasks)
+    return first_ms, (time.perf_counter() - start) * 1000, first, found
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kept", type=int, default=200_000, help="completed tasks")
+    parser.add_argument("--kept", type=int, default=200_000, help="completed noop tasks")
     parser.add_argument("--failed", type=int, default=5, help="failed tasks, the newest")
+    parser.add_argument("--rare", type=int, default=5, help="tasks of type and queue rare, oldest")
     args = parser.parse_args()
-    async with scratch_backend(args.kept + args.failed) as backend:
-        await finished(backend, args.kept, failed=False)
+    async with scratch_backend(args.kept + args.failed + args.rare) as backend:
+        await finished(backend, args.rare, kind="rare")
+        await finished(backend, args.kept)
         await finished(backend, args.failed, failed=True)
-        print(f"| page of 50 among {args.kept:,} completed tasks | found | median ms |")
-        print("|---|---:|---:|")
-        for status in (None, TaskStatus.FAILED, TaskStatus.RUNNING):
-            took, found = [], 0
-            for _ in range(3):
-                start = time.perf_counter()
-                page = await backend.list_tasks(TaskFilter(status=status), 50, None)
-                took.append((time.perf_counter() - start) * 1000)
-                found = len(page.tasks)
-            name = f"status {status}" if status else "no filter"
-            print(f"| {name} | {found} | {statistics.median(took):,.1f} |")
+        filters = {
+            "no filter": TaskFilter(),
+            "status failed": TaskFilter(status=TaskStatus.FAILED),
+            "status running": TaskFilter(status=TaskStatus.RUNNING),
+            "queue rare": TaskFilter(queue="rare"),
+            "type rare": TaskFilter(type="rare"),
+            "status completed, queue rare": TaskFilter(status=TaskStatus.COMPLETED, queue="rare"),
+        }
+        print(
+            f"| among {args.kept:,} completed tasks | first page ms | tasks on it"
+            " | every page ms | tasks on them |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        for name, filter in filters.items():
+            tries = [await timed(backend, filter) for _ in range(3)]
+            first_ms = statistics.median(t[0] for t in tries)
+            every_ms = statistics.median(t[1] for t in tries)
+            _, _, first, found = tries[0]
+            print(f"| {name} | {first_ms:,.1f} | {first} | {every_ms:,.1f} | {found:,} |")
 
 
 if __name__ == "__main__":
