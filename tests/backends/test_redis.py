@@ -7,7 +7,7 @@ import itertools
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from importlib import resources
 
 import pytest
@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from task_queue._clock import ManualClock
 from task_queue.backends import redis as redis_backend_module
+from task_queue.backends import redis_codec as codec
 from task_queue.backends.base import TaskFilter
 from task_queue.backends.redis import (
     OWN_CALL_TASKS,
@@ -272,11 +273,90 @@ async def test_a_rare_status_is_listed_from_its_own_index_not_by_walking_every_t
     page = await redis_backend.list_tasks(failed, 50, None)
     assert [t.id for t in page.tasks] == [t.id for t in reversed(leased[:3])]
     assert await calls(raw, "hgetall") == before + 3
-    # A status with more tasks than LIST_BY_STATUS: the same page, from every task.
+    # A status with more tasks than LIST_BY_STATUS: the same page, from a walk over
+    # every task that matches the status in Redis, so again only the page loads.
     monkeypatch.setattr(redis_backend_module, "LIST_BY_STATUS", 2)
-    before = await calls(raw, "hgetall")
+    before, walked = await calls(raw, "hgetall"), await calls(raw, "hmget")
     assert await redis_backend.list_tasks(failed, 50, None) == page
-    assert await calls(raw, "hgetall") == before + 1000
+    assert await calls(raw, "hgetall") == before + 3
+    assert await calls(raw, "hmget") == walked + 1000
+
+
+async def test_a_walk_loads_only_the_tasks_of_the_queue_asked_for(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
+) -> None:
+    rare = [make(clock, queue="rare") for _ in range(2)]
+    await redis_backend.enqueue([rare[0], *(make(clock) for _ in range(1000)), rare[1]])
+    before = await calls(raw, "hgetall")
+    page = await redis_backend.list_tasks(TaskFilter(queue="rare"), 50, None)
+    assert [t.id for t in page.tasks] == [rare[1].id, rare[0].id]
+    assert page.next_cursor is None
+    assert await calls(raw, "hgetall") == before + 2
+
+
+async def test_a_walk_by_type_decodes_only_documents_that_name_it(
+    redis_backend: RedisBackend, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The type lives only in the document: a document without the type's text is
+    left undecoded, one whose payload holds it too is decoded and then left out."""
+    rare = Task.new("rare", {}, now=clock.now())
+    lookalike = Task.new("noop", {"type": "rare"}, now=clock.now())
+    await redis_backend.enqueue([rare, lookalike, *(make(clock) for _ in range(300))])
+    decoded, decode = [], codec.decode
+
+    def counted(raw: Mapping[str, str]) -> Task:
+        task = decode(raw)
+        decoded.append(task.id)
+        return task
+
+    monkeypatch.setattr(codec, "decode", counted)
+    page = await redis_backend.list_tasks(TaskFilter(type="rare"), 50, None)
+    assert [t.id for t in page.tasks] == [rare.id]
+    assert sorted(decoded) == sorted([rare.id, lookalike.id])
+
+
+async def test_a_walk_by_type_searches_a_bounded_size_of_documents_per_call(
+    redis_backend: RedisBackend,
+    raw: aioredis.Redis,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Big payloads must not hold Redis for long: past WALK_BYTES a call ends early."""
+    rare = Task.new("rare", {}, now=clock.now())
+    await redis_backend.enqueue([rare, *(make(clock) for _ in range(4))])
+    monkeypatch.setattr(redis_backend_module, "WALK_BYTES", 1)
+    before = await calls(raw)
+    page = await redis_backend.list_tasks(TaskFilter(type="rare"), 50, None)
+    assert ([t.id for t in page.tasks], page.next_cursor) == ([rare.id], None)
+    assert await calls(raw) - before == 5  # a document each
+
+
+@pytest.mark.parametrize("name", ["rare", 'quo"te', "back\\slash", "ünï", "tab\tbed"])
+def test_a_document_holds_its_type_text_and_no_other_types(name: str) -> None:
+    task = Task.new(name, {"note": name}, now=0.0)
+    assert codec.type_text(name) in codec.document(task).decode()
+    assert codec.type_text(name + "x") not in codec.document(task).decode()
+
+
+async def test_a_walk_stops_at_its_budget_and_its_cursor_goes_on_from_there(
+    redis_backend: RedisBackend, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rare queue under a long history costs each request a bounded walk: pages
+    come short, or empty, but following next_cursor gives every match in order."""
+    monkeypatch.setattr(redis_backend_module, "WALK_CALL", 4)
+    monkeypatch.setattr(redis_backend_module, "WALK_BUDGET", 10)
+    tasks = [make(clock, queue="rare" if i in (0, 3, 4, 5) else "default") for i in range(20)]
+    await redis_backend.enqueue(tasks)
+    rare = TaskFilter(queue="rare")
+    pages, cursor = [], None
+    while True:
+        page = await redis_backend.list_tasks(rare, 2, cursor)
+        pages.append([t.id for t in page.tasks])
+        if (cursor := page.next_cursor) is None:
+            break
+    # The 12 newest hold no match, so the first request answers none; the next gives
+    # two and goes on below the second; the last reaches the oldest task.
+    assert pages == [[], [tasks[5].id, tasks[4].id], [tasks[3].id, tasks[0].id]]
 
 
 async def test_a_submit_counts_only_the_queues_with_tasks_ready_not_every_name_ever_used(

@@ -77,6 +77,7 @@ SCRIPTS = (
     "purge",
     "stats",
     "listing",
+    "walk",
     "ratelimit",
     "unpark",
 )
@@ -98,11 +99,20 @@ OWN_CALL_TASKS = 64
 PARK_SECONDS = 3.0
 PROMOTE_BATCH = 1000  # tasks one script call promotes, so no call blocks Redis for long
 PURGE_BATCH = 1000
-LIST_CHUNK = 200  # task ids read per round trip while listing with a filter
+LIST_CHUNK = 200  # tasks loaded per round trip while listing
 # The most tasks of one status that listing reads from the status's own index, in
 # one script call (an HMGET each but for pending: under 10 ms on a slow 2-core VM);
 # above it, the status is common enough that walking every task finds a page soon.
 LIST_BY_STATUS = 1_000
+# A walk over every task (a list no index answers) looks at up to WALK_CALL tasks
+# per walk.lua call when it filters there (an HMGET each, and an HGET of the
+# document for a type, searching at most WALK_BYTES of them: a few ms), and at most
+# WALK_BUDGET per list request. A request that spends its budget answers the matches
+# found so far, fewer than asked or none, with a cursor to go on from, so no request
+# walks a week of history (the dashboard asks every 2 s).
+WALK_CALL = 1_000
+WALK_BYTES = 2 << 20
+WALK_BUDGET = 20_000
 CAS_TRIES = 50  # reads-and-recomputes of one transition before giving up on contention
 
 # Redis cannot be reached or cannot take writes (a replica after failover, a cluster
@@ -678,51 +688,62 @@ class RedisBackend(Backend):
         return [codec.decode_handed(item, worker_id) for item in handed]
 
     async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
-        """Newest first by submit sequence; the cursor is the sequence of the last task given.
+        """Newest first by submit sequence; the cursor is the sequence to go on below.
 
         A status holding at most LIST_BY_STATUS tasks is read from its own index
         in one script call, so the dashboard's "failed" costs a read of the
-        failed tasks, not a walk past a week of completed ones. Otherwise the
-        sequence index is walked a chunk at a time; filters apply as tasks load.
+        failed tasks, not a walk past a week of completed ones. Otherwise every
+        task is walked, newest first, matching the filters in Redis (walk.lua),
+        until the page is full or the walk's budget is spent: a page may then
+        come short, or empty, with a cursor to go on from.
         """
         if limit <= 0:
             return Page([], None)
         below = None if cursor is None else parse_cursor(cursor)
         few = None if filter.status is None else await self._of_status(filter, below, limit)
-        chunks = self._by_sequence(below) if few is None else _chunked(few)
+        stretches = self._walk(filter, below, limit) if few is None else _whole(few)
         found: list[tuple[Task, int]] = []
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                tasks = {t.id: t for t in await self._load_many([i for i, _ in chunk])}
-                for task_id, seq in chunk:
-                    task = tasks.get(task_id)
-                    if task is not None and _matches(task, filter):
-                        found.append((task, seq))
-                if len(found) > limit:
-                    break
-        page = found[:limit]
-        more = len(found) > limit
-        return Page([task for task, _ in page], str(page[-1][1]) if more else None)
+        reached: int | None = None
+        async with contextlib.aclosing(stretches):
+            async for stretch, lowest in stretches:
+                reached = lowest
+                for at in range(0, len(stretch), LIST_CHUNK):
+                    chunk = stretch[at : at + LIST_CHUNK]
+                    tasks = {t.id: t for t in await self._load_many([i for i, _ in chunk])}
+                    for task_id, seq in chunk:
+                        task = tasks.get(task_id)
+                        if task is not None and _matches(task, filter):
+                            found.append((task, seq))
+                    if len(found) > limit:
+                        page = found[:limit]
+                        return Page([task for task, _ in page], str(page[-1][1]))
+        return Page([task for task, _ in found], None if reached is None else str(reached))
 
-    async def _by_sequence(self, below: int | None) -> AsyncGenerator[list[tuple[str, int]], None]:
-        """Every task below sequence `below`, newest first, a chunk at a time."""
-        top = "+inf" if below is None else f"({below}"
-        key = f"{self._p}all"
+    async def _walk(
+        self, filter: TaskFilter, below: int | None, limit: int
+    ) -> AsyncGenerator[tuple[list[tuple[str, int]], int | None], None]:
+        """The tasks below sequence `below` that may match `filter`, newest first, a
+        stretch at a time, each with the lowest sequence the walk has looked at:
+        None once it passed the oldest task. It stops there or at WALK_BUDGET."""
+        status = "" if filter.status is None else filter.status.value
+        named = "" if filter.type is None else codec.type_text(filter.type)
+        queue = filter.queue or ""
+        # Unfiltered, every task looked at matches: the page and one more will do.
+        count = WALK_CALL if status or queue or named else limit + 1
+        looked_at = 0
         while True:
-            read = functools.partial(
-                self._client.zrevrangebyscore,
-                key,
-                top,
-                "-inf",
-                start=0,
-                num=LIST_CHUNK,
-                withscores=True,
-            )
-            chunk: list[tuple[str, float]] = await self._guard(read)
-            if not chunk:
+            bound = "" if below is None else below
+            flat = await self._script("walk", status, queue, named, bound, count, WALK_BYTES)
+            ended, lowest = flat[0] == 1, int(flat[1])
+            looked_at += count
+            matches = [(task_id, int(seq)) for task_id, seq in codec.pairs(flat[2:]).items()]
+            if ended:
+                yield matches, None
                 return
-            yield [(task_id, int(seq)) for task_id, seq in chunk]
-            top = f"({int(chunk[-1][1])}"
+            yield matches, lowest
+            if looked_at >= WALK_BUDGET:
+                return
+            below = lowest
 
     async def _of_status(
         self, filter: TaskFilter, below: int | None, limit: int
@@ -756,9 +777,11 @@ class RedisBackend(Backend):
         return taken == 1, float(tokens), float(wait)
 
 
-async def _chunked(few: list[tuple[str, int]]) -> AsyncGenerator[list[tuple[str, int]], None]:
-    for at in range(0, len(few), LIST_CHUNK):
-        yield few[at : at + LIST_CHUNK]
+async def _whole(
+    few: list[tuple[str, int]],
+) -> AsyncGenerator[tuple[list[tuple[str, int]], int | None], None]:
+    """An index's whole answer as the one stretch of a walk that reached the end."""
+    yield few, None
 
 
 def _matches(task: Task, filter: TaskFilter) -> bool:

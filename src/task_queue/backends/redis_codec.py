@@ -1,7 +1,8 @@
 """How a Task is kept in Redis: one JSON document, plus the small fields the scripts move.
 
 The whole task is one field `d` that only Python reads and writes, so no
-script parses it and a script's cost does not depend on the payload's size.
+script parses it and a script's cost does not depend on the payload's size
+(but for walk.lua's search of it for a type, bounded by bytes).
 Scripts change what a state change needs without rewriting `d`: the status,
 the lease (token, expiry, worker, start), updated_at, progress and the cancel
 flag, each a field of its own (lib.lua lists them). `decode` lays those over
@@ -43,6 +44,13 @@ def _plain(value: Any) -> Any:
 def document(task: Task) -> bytes:
     """The `d` field: every Task field by name; floats round-trip exactly through orjson."""
     return orjson.dumps(task.__dict__, default=_plain)
+
+
+def type_text(type: str) -> str:
+    """What the document of a task of this type holds, as orjson writes it: walk.lua
+    searches documents for it. A payload may hold the same text, so finding it is no
+    match yet (decode, then compare); not finding it rules the task out."""
+    return '"type":' + orjson.dumps(type).decode()
 
 
 def json_or_empty(value: Any) -> bytes:
