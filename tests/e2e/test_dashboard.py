@@ -21,6 +21,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
+from task_queue.backends.redis import WALK_BUDGET
+from tests.backends.redis_server import RedisServer
 from tests.debian import require
 from tests.e2e.processes import Launcher, TaskQueueProcess, wait_for
 
@@ -166,3 +168,29 @@ def test_the_dashboard_shows_tasks_and_workers_and_cancels_retries_and_submits(
     wait_for(lambda: status_of(server, submitted) == "completed", 10, "the submitted task to run")
     # The only console errors are the refused calls made before the key was typed.
     assert [error for error in page_errors(browser) if "401" not in error] == []
+
+
+def test_a_filter_that_matches_none_of_the_newest_tasks_offers_to_look_further_back(
+    launch: Launcher, own_redis: RedisServer, browser: WebDriver
+) -> None:
+    """On Redis a request walks at most WALK_BUDGET tasks: an empty page with a cursor
+    is not "no task matches", and "more" finds the match further back."""
+    server = launch.start(
+        "api", QUEUE_BACKEND="redis", REDIS_URL=own_redis.url, API_KEYS=KEY, QUEUE_SIZE=50_000
+    )
+    rare = submit(server, "sleep", {"seconds": 0}, queue="rare")
+    batch = {"tasks": [{"type": "sleep", "payload": {"seconds": 0}}] * 1000}
+    for _ in range(WALK_BUDGET // 1000):
+        response = server.http.post("/api/v1/tasks/batch", json=batch, headers=AUTH)
+        assert response.status_code == 201, response.text
+
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "auto").click()  # no refresh between the two reads below
+    browser.find_element(By.ID, "api-key").send_keys(KEY)
+    browser.find_element(By.ID, "filter-queue").send_keys("rare")
+    browser.find_element(By.TAG_NAME, "h1").click()  # leaving the fields fires their change
+    tasks = browser.find_element(By.ID, "tasks")
+    wait_for(lambda: "more looks further back" in tasks.text, 20, "the partial page's notice")
+    browser.find_element(By.ID, "more").click()
+    wait_for(lambda: cell_texts(browser, rare["id"]), 20, "the rare task, further back")
+    assert not browser.find_element(By.ID, "more").is_displayed()
