@@ -359,6 +359,27 @@ async def test_a_walk_stops_at_its_budget_and_its_cursor_goes_on_from_there(
     assert pages == [[], [tasks[5].id, tasks[4].id], [tasks[3].id, tasks[0].id]]
 
 
+async def test_a_purge_decodes_a_bounded_size_of_documents_per_call(
+    redis_backend: RedisBackend,
+    raw: aioredis.Redis,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Purge decodes each document in Lua: big payloads must cost more calls, not a
+    call that holds Redis for seconds."""
+    tasks = [Task.new("noop", {"csv": "x" * 1000}, now=clock.now()) for _ in range(4)]
+    await redis_backend.enqueue(tasks)
+    for task in await redis_backend.dequeue([], 4, worker_id="w", lease_seconds=LEASE):
+        await redis_backend.finish(task.completed(None, clock.now()), task.lease_token or "")
+    clock.advance(100)
+    monkeypatch.setattr(redis_backend_module, "PURGE_BYTES", 2000)  # over 1 document, under 2
+    before = await calls(raw)
+    assert await redis_backend.purge_finished(clock.now()) == 4
+    assert await calls(raw) - before == 3  # two documents a call, and one call finds none
+    assert (await redis_backend.stats()).by_type == {}
+    assert await raw.zcard(f"{{{redis_backend.prefix}}}:all") == 0
+
+
 async def test_a_submit_counts_only_the_queues_with_tasks_ready_not_every_name_ever_used(
     redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
 ) -> None:
