@@ -208,6 +208,7 @@ OUTCOMES = {
 )
 async def test_finish_in_lua_stores_what_task_settled_over_computes(
     redis_backend: RedisBackend,
+    raw: aioredis.Redis,
     clock: ManualClock,
     cancel_asked: bool,
     outcome: str,
@@ -226,6 +227,9 @@ async def test_finish_in_lua_stores_what_task_settled_over_computes(
     finished = OUTCOMES[outcome](leased, clock.now())
     await redis_backend.finish(finished, token)
     assert await redis_backend.get(leased.id) == finished.settled_over(stored)
+    # Nothing of the lease is kept: a finished task stays for days (memory).
+    fields = await raw.hkeys(f"{{{redis_backend.prefix}}}:task:{leased.id}")
+    assert set(fields) - {"p"} == {"d", "s", "q", "r", "seq", "rev"}
 
 
 async def test_finishes_of_one_tick_go_as_one_script_call_and_each_gets_its_own_answer(

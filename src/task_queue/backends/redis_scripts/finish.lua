@@ -24,8 +24,7 @@ for at = 2, #ARGV, W do
       from = at + 6
     end
     local status, rank, score = ARGV[from], ARGV[from + 1], ARGV[from + 2]
-    redis.call('HSET', key, 'd', ARGV[from + 3], 's', status, 'r', rank, 'rev', token .. '.',
-      'l', '', 'u', '', 'c', '')
+    rewrite(key, ARGV[from + 3], status, rank, token .. '.')
     if ARGV[at + 10] ~= '' then
       redis.call('HSET', key, 'p', ARGV[at + 10])
     end

@@ -20,8 +20,8 @@
 --          value, or a requeue, replaces it)
 --     c    '1' when a cancel was asked while the task runs (d has the flag after that)
 --     h    request hash, when the task has an idempotency key
---     while running (set by dequeue; the next whole write empties l, which ends
---     the lease, u and c in the same HSET rather than deleting them):
+--     while running (set by dequeue; the next whole write, rewrite() below,
+--     deletes them with u and c, which ends the lease):
 --     l lease token, x lease expiry, w worker id, n started_at; the attempt is
 --     counted by the reader (d holds attempts before this lease)
 --   P..ready:<queue>   zset    pending tasks; every score 0, so members sort by
@@ -128,6 +128,14 @@ local function unindex(id, s, q, r, seq)
   elseif FINAL[s] then
     redis.call('ZREM', P .. 'final:' .. s, id)
   end
+end
+
+-- A whole write of the task at `key`: d, status, rank and rev replaced, and the
+-- fields laid over the old d deleted (the lease l, x, w, n; u; c). That ends any
+-- lease, and a finished task, kept for days, holds six fields, not twelve.
+local function rewrite(key, doc, status, rank, rev)
+  redis.call('HSET', key, 'd', doc, 's', status, 'r', rank, 'rev', rev)
+  redis.call('HDEL', key, 'l', 'x', 'w', 'n', 'u', 'c')
 end
 
 -- Add it to the index of status s; `score` is run_at (delayed) or completed_at (final).

@@ -4,8 +4,8 @@
 -- score (run_at when delayed, completed_at when final), [9] task JSON, [10] '1'
 -- when a cancel is asked, [11] progress JSON ('' = none), [12] updated_at.
 -- A running task stays running (a cancel request): only c and u are written,
--- its lease and d stay as they are. Any other write replaces d and clears the
--- fields laid over it.
+-- its lease and d stay as they are. Any other write replaces d and deletes the
+-- fields laid over it (rewrite in lib.lua).
 -- Returns 'ok', 'gone' (no such task), 'stale' (written since the caller read
 -- it: read again and recompute) or 'full'.
 local id = ARGV[2]
@@ -29,8 +29,7 @@ if ARGV[5] ~= '' and (status == 'pending' or DELAYED[status]) and not was_waitin
   end
 end
 unindex(id, old, cur[3], cur[4], cur[5])
-redis.call('HSET', key, 'd', ARGV[9], 's', status, 'r', ARGV[7], 'rev', ARGV[4],
-  'l', '', 'u', '', 'c', '')
+rewrite(key, ARGV[9], status, ARGV[7], ARGV[4])
 if ARGV[11] == '' then
   redis.call('HDEL', key, 'p')
 else
