@@ -18,28 +18,12 @@ import asyncio
 import statistics
 import time
 
-from benchmarks.scratch_redis import scratch_backend
+from benchmarks.scratch_redis import finished, scratch_backend
 from task_queue.backends.base import TaskFilter
 from task_queue.backends.redis import RedisBackend
-from task_queue.task import Task, TaskStatus
+from task_queue.task import TaskStatus
 
-BATCH = 500
 PAGE = 50
-
-
-async def finished(
-    backend: RedisBackend, count: int, *, failed: bool = False, kind: str = "noop"
-) -> None:
-    """Store `count` tasks and take each through a lease to completed (or failed)."""
-    for first in range(0, count, BATCH):
-        now = time.time()
-        size = min(BATCH, count - first)
-        await backend.enqueue([Task.new(kind, {}, now=now, queue=kind) for _ in range(size)])
-        leased = await backend.dequeue([kind], size, worker_id="bench", lease_seconds=30)
-        outcomes = [t.failed("boom", now) if failed else t.completed(None, now) for t in leased]
-        await asyncio.gather(
-            *(backend.finish(o, t.lease_token or "") for t, o in zip(leased, outcomes, strict=True))
-        )
 
 
 async def timed(backend: RedisBackend, filter: TaskFilter) -> tuple[float, float, int, int]:
