@@ -41,9 +41,15 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a task")
 
 
-def document(task: Task) -> bytes:
-    """The `d` field: every Task field by name; floats round-trip exactly through orjson."""
-    return orjson.dumps(task.__dict__, default=_plain)
+def document(task: Task, *, without_nulls: bool = False) -> bytes:
+    """The `d` field: the Task's fields by name; floats round-trip exactly through orjson.
+
+    `without_nulls` leaves out the fields that are None; Task.restore gives them back.
+    """
+    fields = task.__dict__
+    if without_nulls:
+        fields = {name: value for name, value in fields.items() if value is not None}
+    return orjson.dumps(fields, default=_plain)
 
 
 def type_text(type: str) -> str:
@@ -150,10 +156,14 @@ def enqueue_args(task: Task) -> list[str | bytes]:
 def _placed(task: Task) -> list[str | bytes]:
     """Status, rank, score and document: what a script needs to index a whole write.
 
-    A final task never enters a ready set again without a new write, so it needs no rank.
+    A final task never enters a ready set again without a new write, so it needs no
+    rank. It is kept for RESULT_TTL_SECONDS, days by default, so its document leaves
+    out the null fields: 200 bytes of a no-op task's 450. A task on its way keeps
+    them: leaving them out costs about 1.2 µs, and a submit is the hot path.
     """
-    rank = "" if task.status.is_final else ready_rank(task.priority, task.run_at)
-    return [task.status.value, rank, score(task), document(task)]
+    final = task.status.is_final
+    rank = "" if final else ready_rank(task.priority, task.run_at)
+    return [task.status.value, rank, score(task), document(task, without_nulls=final)]
 
 
 # A stored task as settled_over sees it when a cancel was asked and no progress is held.
