@@ -9,8 +9,8 @@
 --                              the scripts only in the small fields:
 --     d    the task as Python last wrote it (JSON object of the Task fields, but
 --          for a final task's null ones); only purge.lua decodes it and walk.lua
---          searches it, both bounded by bytes, so no script on the way of a task
---          costs more with a bigger payload
+--          searches it, both bounded by bytes: no script on a task's way from
+--          submit to result reads inside it
 --     s    status now (d's may be older: promote and dequeue change only s)
 --     q, r, seq        queue, rank and submit sequence, to build the ready member
 --                      (enqueue stores seq zero-padded, as the member holds it;
