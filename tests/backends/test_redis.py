@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from task_queue._clock import ManualClock
 from task_queue.backends import redis as redis_backend_module
 from task_queue.backends import redis_codec as codec
-from task_queue.backends.base import TaskFilter
+from task_queue.backends.base import Page, TaskFilter
 from task_queue.backends.redis import (
     OWN_CALL_TASKS,
     PARK_SECONDS,
@@ -336,6 +336,23 @@ async def test_a_walk_by_type_searches_a_bounded_size_of_documents_per_call(
     page = await redis_backend.list_tasks(TaskFilter(type="rare"), 50, None)
     assert ([t.id for t in page.tasks], page.next_cursor) == ([rare.id], None)
     assert await calls(raw) - before == 5  # a document each
+
+
+async def test_a_walk_by_a_type_no_kept_task_has_ends_at_once(
+    redis_backend: RedisBackend,
+    raw: aioredis.Redis,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mistyped type in the dashboard's filter: no walk of the budget and no "more"."""
+    await redis_backend.enqueue([make(clock) for _ in range(20)])
+    monkeypatch.setattr(redis_backend_module, "WALK_CALL", 4)
+    monkeypatch.setattr(redis_backend_module, "WALK_BUDGET", 8)
+    before = await calls(raw)
+    assert await redis_backend.list_tasks(TaskFilter(type="nope"), 50, None) == Page([], None)
+    assert await calls(raw) - before == 1
+    # A type that is kept walks as before, here up to the budget.
+    assert (await redis_backend.list_tasks(TaskFilter(type="noop"), 50, None)).next_cursor
 
 
 @pytest.mark.parametrize("name", ["rare", 'quo"te', "back\\slash", "ünï", "tab\tbed"])

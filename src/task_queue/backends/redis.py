@@ -731,14 +731,15 @@ class RedisBackend(Backend):
         stretch at a time, each with the lowest sequence the walk has looked at:
         None once it passed the oldest task. It stops there or at WALK_BUDGET."""
         status = "" if filter.status is None else filter.status.value
-        named = "" if filter.type is None else codec.type_text(filter.type)
-        queue = filter.queue or ""
+        kind, queue = filter.type or "", filter.queue or ""
+        named = codec.type_text(kind) if kind else ""
         # Unfiltered, every task looked at matches: the page and one more will do.
-        count = WALK_CALL if status or queue or named else limit + 1
+        count = WALK_CALL if status or queue or kind else limit + 1
         looked_at = 0
         while True:
             bound = "" if below is None else below
-            flat = await self._script("walk", status, queue, named, bound, count, WALK_BYTES)
+            args = (status, queue, kind, named, bound, count, WALK_BYTES)
+            flat = await self._script("walk", *args)
             ended, lowest = flat[0] == 1, int(flat[1])
             looked_at += count
             matches = [(task_id, int(seq)) for task_id, seq in codec.pairs(flat[2:]).items()]
