@@ -8,7 +8,6 @@ The HTTP forms with the same methods live in `task_queue.http_client`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import threading
 import time
@@ -34,6 +33,9 @@ StrictInt = Annotated[int, Field(strict=True)]
 QueueName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 MAX_WAIT_SECONDS = 60.0
+# wait() reads the task again after a pause that doubles from the first to the
+# second, or as soon as the backend hears the task became final.
+WAIT_POLL = (0.005, 0.25)
 MAX_DELAY_SECONDS = 365 * 24 * 3600.0
 # Deeper than this is a mistake or an attack, and orjson cannot encode past 255 levels.
 MAX_PAYLOAD_DEPTH = 32
@@ -189,15 +191,20 @@ class AsyncClient:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        pause = 0.005
+        pause = WAIT_POLL[0]
         while True:
             task = await self.backend.get(task_id)
             left = deadline - loop.time()
             if task.status.is_final or left <= 0 or self._stopping.is_set():
                 return task
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), min(pause, left))
-            pause = min(pause * 2, 0.25)
+            # Until the backend hears of a final state (Redis does), the pause ends,
+            # or stop_waiting() is called: then read the task again.
+            heard = asyncio.ensure_future(self.backend.until_final(task_id, min(pause, left)))
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({heard, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in (heard, stopping):
+                waiting.cancel()
+            pause = min(pause * 2, WAIT_POLL[1])
 
     def stop_waiting(self) -> None:
         """End every wait() now and from now on, each with the task as it is."""

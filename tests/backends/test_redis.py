@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
+from task_queue import client as client_module
 from task_queue._clock import ManualClock
 from task_queue.backends import redis as redis_backend_module
 from task_queue.backends import redis_codec as codec
@@ -28,6 +31,7 @@ from task_queue.backends.redis import (
 )
 from task_queue.backends.redis_codec import ready_rank
 from task_queue.backends.redis_connect import connect
+from task_queue.client import AsyncClient
 from task_queue.errors import BackendUnavailable, LeaseLost
 from task_queue.task import Task, TaskStatus
 from tests.backends.parking import park
@@ -403,6 +407,78 @@ async def test_a_purge_decodes_a_bounded_size_of_documents_per_call(
     assert await calls(raw) - before == 3  # two documents a call, and one call finds none
     assert (await redis_backend.stats()).by_type == {}
     assert await raw.zcard(f"{{{redis_backend.prefix}}}:all") == 0
+
+
+@pytest.mark.parametrize("ending", ["finished", "cancelled"])
+async def test_a_wait_hears_the_task_became_final_rather_than_waiting_out_its_pause(
+    redis_backend: RedisBackend,
+    redis_server: RedisServer,
+    raw: aioredis.Redis,
+    clock: ManualClock,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: str,
+) -> None:
+    """The waiter has a connection of its own, as an API process would: with a pause
+    of a minute between reads, only the notice of the final state can end its wait."""
+    monkeypatch.setattr(client_module, "WAIT_POLL", (60.0, 60.0))
+    waiter = RedisBackend(redis_server.url, clock=clock, prefix=prefix)
+    await waiter.open()
+    task = make(clock)
+    await redis_backend.enqueue([task])
+    waiting = asyncio.create_task(AsyncClient(waiter).wait(task.id, 50))
+    async with asyncio.timeout(10):  # until the waiter's subscription is on
+        while True:
+            if (await raw.pubsub_numsub(f"{{{prefix}}}:finals"))[0][1]:
+                break
+            await asyncio.sleep(0.01)
+    if ending == "finished":
+        [leased] = await redis_backend.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
+        await redis_backend.finish(leased.completed(7, clock.now()), leased.lease_token or "")
+    else:
+        await redis_backend.cancel(task.id)
+    waited = await asyncio.wait_for(waiting, 30)
+    assert waited.status is (TaskStatus.COMPLETED if ending == "finished" else TaskStatus.CANCELLED)
+    await waiter.close()
+
+
+async def test_waits_hear_of_final_tasks_again_once_redis_is_back(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subscription is lost with the connection; the process subscribes again."""
+    monkeypatch.setattr(client_module, "WAIT_POLL", (60.0, 60.0))
+    server = RedisServer(tmp_path)
+    server.stop()
+    server.start("--appendonly", "yes")  # the task outlives the restart
+    waiter, worker = (RedisBackend(server.url, clock=clock) for _ in range(2))
+    try:
+        await waiter.open()
+        await worker.open()
+        task = make(clock)
+        await worker.enqueue([task])
+        waiting = asyncio.create_task(AsyncClient(waiter).wait(task.id, 50))
+        watcher = aioredis.from_url(server.url)
+
+        async def subscribed() -> None:
+            async with asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(redis.ConnectionError):
+                        if (await watcher.pubsub_numsub("{tq}:finals"))[0][1]:
+                            return
+                    await asyncio.sleep(0.05)
+
+        await subscribed()
+        server.stop()
+        server.start("--appendonly", "yes")
+        await subscribed()
+        [leased] = await worker.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
+        await worker.finish(leased.completed(None, clock.now()), leased.lease_token or "")
+        assert (await asyncio.wait_for(waiting, 30)).status is TaskStatus.COMPLETED
+        await watcher.aclose()
+    finally:
+        await waiter.close()
+        await worker.close()
+        server.stop()
 
 
 async def test_a_submit_counts_only_the_queues_with_tasks_ready_not_every_name_ever_used(

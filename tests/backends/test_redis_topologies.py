@@ -17,6 +17,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
+from task_queue import client as client_module
 from task_queue._clock import ManualClock
 from task_queue.backends.redis import OWN_CALL_TASKS, RedisBackend
 from task_queue.backends.redis_connect import (
@@ -27,6 +28,7 @@ from task_queue.backends.redis_connect import (
     parse_redis_url,
     redacted,
 )
+from task_queue.client import AsyncClient
 from task_queue.errors import BackendUnavailable, ConfigError
 from task_queue.task import Task, TaskStatus
 from tests.backends.parking import park
@@ -238,6 +240,36 @@ async def test_a_parked_worker_is_handed_the_task_leased_by_the_submit_itself(
     done = handed.completed({"ok": 1}, clock.now())
     await topology_backend.finish(done, handed.lease_token or "")
     assert (await topology_backend.get(handed.id)).status is TaskStatus.COMPLETED
+
+
+@pytest.mark.parametrize("topology_url", ["server", "cluster", "sentinel"], indirect=True)
+async def test_a_wait_hears_a_finish_made_through_another_connection(
+    topology_url: str,
+    topology_backend: RedisBackend,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a minute between reads, only the notice on P..finals ends the wait."""
+    monkeypatch.setattr(client_module, "WAIT_POLL", (60.0, 60.0))
+    worker = RedisBackend(topology_url, clock=clock, prefix=topology_backend.prefix)
+    await worker.open()
+    watcher = connect(topology_url)
+    await watcher.open()
+    try:
+        [submitted] = await worker.enqueue([make(clock)])
+        waiting = asyncio.create_task(AsyncClient(topology_backend).wait(submitted.task.id, 50))
+        server = await watcher.server_for(f"{{{topology_backend.prefix}}}:counts")
+        async with asyncio.timeout(10):  # until the waiter's subscription is on
+            while True:
+                if (await server.pubsub_numsub(f"{{{topology_backend.prefix}}}:finals"))[0][1]:
+                    break
+                await asyncio.sleep(0.01)
+        [leased] = await worker.dequeue([], 1, worker_id="w", lease_seconds=LEASE)
+        await worker.finish(leased.completed(None, clock.now()), leased.lease_token or "")
+        assert (await asyncio.wait_for(waiting, 30)).status is TaskStatus.COMPLETED
+    finally:
+        await worker.close()
+        await watcher.aclose()
 
 
 async def test_start_up_reads_the_persistence_settings_of_the_server_holding_the_prefix(

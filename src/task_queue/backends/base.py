@@ -10,6 +10,7 @@ happens whole or raises and changes nothing.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,6 +273,15 @@ class Backend(abc.ABC):
         the worker a round trip). Else it returns none: a hint, never a
         guarantee, and the caller dequeues afterwards.
         """
+
+    async def until_final(self, task_id: str, timeout: float) -> None:
+        """Return once `task_id` may have reached a final state, or after `timeout` seconds.
+
+        A client's wait() reads the task again after each call. This backend
+        cannot tell, so it sleeps; one that hears of final states (Redis) returns
+        as soon as it does, so a wait answers then rather than at its next poll.
+        """
+        await asyncio.sleep(timeout)
 
     @abc.abstractmethod
     async def stop_waiting(self, worker_id: str) -> list[Task]:

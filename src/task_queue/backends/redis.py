@@ -51,6 +51,7 @@ from task_queue.backends.base import (
     TaskFilter,
     WorkerInfo,
     parse_cursor,
+    reconnect_pause,
 )
 from task_queue.backends.redis_connect import RedisConnection, connect, redacted
 from task_queue.errors import (
@@ -313,6 +314,65 @@ class _Batcher:
         return answers
 
 
+class _Finals:
+    """Hears of tasks becoming final, for waits: finish.lua and store.lua PUBLISH their
+    ids on P..finals, and one subscription per process, opened by the first wait,
+    wakes every wait on one of them.
+
+    Pub/sub is at most once: a notice published while the subscription is down (Redis
+    restarting, a failover) is lost, so a wait still polls, and a notice only cuts its
+    pause short.
+    """
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._waits: dict[str, set[asyncio.Future[None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def until(self, task_id: str, timeout: float) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read())
+        heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waits = self._waits.setdefault(task_id, set())
+        waits.add(heard)
+        try:
+            await asyncio.wait_for(heard, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waits.discard(heard)
+            if not waits:
+                self._waits.pop(task_id, None)
+
+    async def _read(self) -> None:
+        channel, failures = f"{self._backend._p}finals", 0
+        while True:
+            try:
+                server = await self._backend._server()
+                async with server.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(channel)
+                    failures = 0
+                    async for message in pubsub.listen():
+                        self._wake(str(message["data"]).split("\n"))
+            except (BackendUnavailable, redis_errors.RedisError, OSError) as exc:
+                failures += 1
+                log.debug("no notices of final tasks for now: waits poll", error=str(exc))
+                await asyncio.sleep(reconnect_pause(failures))
+
+    def _wake(self, task_ids: Sequence[str]) -> None:
+        for task_id in task_ids:
+            for heard in self._waits.get(task_id, ()):
+                if not heard.done():
+                    heard.set_result(None)
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+
+
 class RedisBackend(Backend):
     """Tasks in Redis, shared by every API and worker process that uses the same URL and prefix."""
 
@@ -331,6 +391,7 @@ class RedisBackend(Backend):
         self._connection: RedisConnection | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._batcher = _Batcher(self)
+        self._finals = _Finals(self)
         # run_at of the first delayed task, as the last dequeue that found nothing saw
         # it: a wait for work ends by then (promotion happens in the next dequeue).
         self._next_due: float | None = None
@@ -432,6 +493,7 @@ class RedisBackend(Backend):
         return server
 
     async def close(self) -> None:
+        await self._finals.aclose()
         if self._connection is not None:
             await self._connection.aclose()
             self._connection = self._redis = None
@@ -691,6 +753,9 @@ class RedisBackend(Backend):
     async def stop_waiting(self, worker_id: str) -> list[Task]:
         handed = await self._script("unpark", worker_id)
         return [codec.decode_handed(item, worker_id) for item in handed]
+
+    async def until_final(self, task_id: str, timeout: float) -> None:
+        await self._finals.until(task_id, timeout)
 
     async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
         """Newest first by submit sequence; the cursor is the sequence to go on below.

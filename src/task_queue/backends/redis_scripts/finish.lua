@@ -47,6 +47,16 @@ for status, members in pairs(finals) do
     each_chunk('ZADD', P .. 'final:' .. status, members, 2)
   end
 end
+-- Waits hear of the tasks that became final (redis.py's _Finals).
+local ended = {}
+for _, members in pairs(finals) do
+  for i = 2, #members, 2 do
+    ended[#ended + 1] = members[i]
+  end
+end
+if #ended > 0 then
+  redis.call('PUBLISH', P .. 'finals', table.concat(ended, '\n'))
+end
 -- Only a worker's outcome completes or fails a task (a store never does), so
 -- processed and failed are counted here alone; cancelled counts in neither.
 local failed = #finals.failed / 2

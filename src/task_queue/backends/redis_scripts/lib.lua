@@ -52,6 +52,8 @@
 --                              'token\nexpires\nnow\nc\np\nd' (c, p as in the hash,
 --                              '' when absent); '' alone ends its wait with nothing
 --   P..rate:<client>   hash    an HTTP rate-limit bucket (ratelimit.lua says more)
+--   P..finals          channel the ids of tasks that became final, '\n' between them,
+--                              published by finish.lua and store.lua for waits
 --
 -- Time never comes from Redis: callers pass `now` (the injected clock).
 

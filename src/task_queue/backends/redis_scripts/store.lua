@@ -36,5 +36,8 @@ else
   redis.call('HSET', key, 'p', ARGV[11])
 end
 index(id, status, cur[3], ARGV[7], cur[5], ARGV[8])
+if FINAL[status] then
+  redis.call('PUBLISH', P .. 'finals', id)  -- waits hear of it (redis.py's _Finals)
+end
 wake(ARGV[12], ARGV[4])
 return 'ok'
