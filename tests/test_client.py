@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -114,6 +115,19 @@ async def test_wait_returns_the_task_as_it_is_when_time_runs_out(client: AsyncCl
     task = await client.submit("plain")
     waited = await client.wait(task.id, timeout=0.01)
     assert waited.status is TaskStatus.PENDING
+
+
+async def test_a_wait_given_up_by_its_caller_leaves_nothing_running(client: AsyncClient) -> None:
+    """An HTTP client that goes away cancels its long-poll: nothing of it may linger."""
+    task = await client.submit("plain")
+    before = asyncio.all_tasks()
+    waiting = asyncio.create_task(client.wait(task.id, timeout=30))
+    await asyncio.sleep(0.05)  # into its pauses
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0)  # the cancelled helpers end in the next turn
+    assert asyncio.all_tasks() == before
 
 
 def test_run_at_more_than_a_year_ahead_is_refused() -> None:

@@ -201,9 +201,11 @@ class AsyncClient:
             # or stop_waiting() is called: then read the task again.
             heard = asyncio.ensure_future(self.backend.until_final(task_id, min(pause, left)))
             stopping = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait({heard, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            for waiting in (heard, stopping):
-                waiting.cancel()
+            try:
+                await asyncio.wait({heard, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the caller gave up (an HTTP client went away)
+                for waiting in (heard, stopping):
+                    waiting.cancel()
             pause = min(pause * 2, WAIT_POLL[1])
 
     def stop_waiting(self) -> None:

@@ -354,10 +354,12 @@ class _Finals:
                     failures = 0
                     async for message in pubsub.listen():
                         self._wake(str(message["data"]).split("\n"))
+                reason = "the subscription ended"
             except (BackendUnavailable, redis_errors.RedisError, OSError) as exc:
-                failures += 1
-                log.debug("no notices of final tasks for now: waits poll", error=str(exc))
-                await asyncio.sleep(reconnect_pause(failures))
+                reason = str(exc)
+            failures += 1
+            log.debug("no notices of final tasks for now: waits poll", error=reason)
+            await asyncio.sleep(reconnect_pause(failures))
 
     def _wake(self, task_ids: Sequence[str]) -> None:
         for task_id in task_ids:
