@@ -9,8 +9,10 @@ import asyncio
 
 import pytest
 
+from task_queue import client as client_module
 from task_queue._clock import ManualClock
 from task_queue.backends.base import Backend, TaskFilter, WorkerInfo
+from task_queue.client import AsyncClient
 from task_queue.errors import (
     IdempotencyConflict,
     InvalidTransition,
@@ -499,3 +501,26 @@ async def test_progress_is_stored_for_the_lease_holder_and_kept_by_the_outcome(
     await backend.finish(task.failed("x", clock.now()), task.lease_token or "")
     assert (await backend.get(task.id)).progress == {"done": 3, "total": 10}
     assert (await backend.requeue(task.id)).progress is None
+
+
+@pytest.mark.parametrize("ending", ["finished", "cancelled"])
+async def test_a_wait_is_woken_by_the_final_state_its_own_backend_stores(
+    backend: Backend, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A `serve` process's worker ends the task its API waits on: with a minute between
+    the wait's reads, only the backend's own wake-up can answer it in time."""
+    monkeypatch.setattr(client_module, "WAIT_POLL", (60.0, 60.0))
+    task = make(clock)
+    await backend.enqueue([task])
+    waiting = asyncio.create_task(AsyncClient(backend).wait(task.id, 50))
+    async with asyncio.timeout(10):  # until the wait is in its pause
+        while True:
+            if task.id in backend._final_waits:
+                break
+            await asyncio.sleep(0.001)
+    if ending == "finished":
+        [leased] = await take(backend)
+        await backend.finish(leased.completed(1, clock.now()), leased.lease_token or "")
+    else:
+        await backend.cancel(task.id)
+    assert (await asyncio.wait_for(waiting, 30)).status.is_final

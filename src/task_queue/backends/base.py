@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +139,7 @@ class Backend(abc.ABC):
     def __init__(self, *, clock: Clock | None = None, max_waiting: int = 1000) -> None:
         self.clock = clock or SystemClock()
         self.max_waiting = max_waiting
+        self._final_waits: dict[str, set[asyncio.Future[None]]] = {}
 
     async def open(self) -> None:  # noqa: B027 - most backends have nothing to open
         """Connect and create what is missing; raises BackendUnavailable."""
@@ -277,11 +278,29 @@ class Backend(abc.ABC):
     async def until_final(self, task_id: str, timeout: float) -> None:
         """Return once `task_id` may have reached a final state, or after `timeout` seconds.
 
-        A client's wait() reads the task again after each call. This backend
-        cannot tell, so it sleeps; one that hears of final states (Redis) returns
-        as soon as it does, so a wait answers then rather than at its next poll.
+        A client's wait() reads the task again after each call. Every backend hears
+        of the final states that this object stores (a `serve` process's worker
+        ending what its API waits on), through _made_final(); Redis hears of other
+        processes' too. Of the rest a wait learns at its next read.
         """
-        await asyncio.sleep(timeout)
+        heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waits = self._final_waits.setdefault(task_id, set())
+        waits.add(heard)
+        try:
+            await asyncio.wait_for(heard, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waits.discard(heard)
+            if not waits:
+                self._final_waits.pop(task_id, None)
+
+    def _made_final(self, task_ids: Iterable[str]) -> None:
+        """Wake the waits on these tasks: each became final, or may have."""
+        for task_id in task_ids:
+            for heard in self._final_waits.get(task_id, ()):
+                if not heard.done():
+                    heard.set_result(None)
 
     @abc.abstractmethod
     async def stop_waiting(self, worker_id: str) -> list[Task]:

@@ -113,6 +113,7 @@ class MemoryBackend(Backend):
         self._waiting += new.status.is_waiting - old.status.is_waiting
         if new.status.is_final and not old.status.is_final:
             self._count_finished(new)
+            self._made_final([new.id])
         if new.status is not old.status or new.run_at != old.run_at:
             self._index(new)
             if new.status.is_waiting:

@@ -315,9 +315,9 @@ class _Batcher:
 
 
 class _Finals:
-    """Hears of tasks becoming final, for waits: finish.lua and store.lua PUBLISH their
-    ids on P..finals, and one subscription per process, opened by the first wait,
-    wakes every wait on one of them.
+    """Hears of the tasks other processes make final, for this process's waits:
+    finish.lua and store.lua PUBLISH their ids on P..finals, and one subscription,
+    made by the first wait, hands them to Backend._made_final.
 
     Pub/sub is at most once: a notice published while the subscription is down (Redis
     restarting, a failover) is lost, so a wait still polls, and a notice only cuts its
@@ -326,23 +326,11 @@ class _Finals:
 
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
-        self._waits: dict[str, set[asyncio.Future[None]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
-    async def until(self, task_id: str, timeout: float) -> None:
+    def listen(self) -> None:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read())
-        heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waits = self._waits.setdefault(task_id, set())
-        waits.add(heard)
-        try:
-            await asyncio.wait_for(heard, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            waits.discard(heard)
-            if not waits:
-                self._waits.pop(task_id, None)
 
     async def _read(self) -> None:
         channel, failures = f"{self._backend._p}finals", 0
@@ -353,19 +341,13 @@ class _Finals:
                     await pubsub.subscribe(channel)
                     failures = 0
                     async for message in pubsub.listen():
-                        self._wake(str(message["data"]).split("\n"))
+                        self._backend._made_final(str(message["data"]).split("\n"))
                 reason = "the subscription ended"
             except (BackendUnavailable, redis_errors.RedisError, OSError) as exc:
                 reason = str(exc)
             failures += 1
             log.debug("no notices of final tasks for now: waits poll", error=reason)
             await asyncio.sleep(reconnect_pause(failures))
-
-    def _wake(self, task_ids: Sequence[str]) -> None:
-        for task_id in task_ids:
-            for heard in self._waits.get(task_id, ()):
-                if not heard.done():
-                    heard.set_result(None)
 
     async def aclose(self) -> None:
         if self._reader is not None:
@@ -582,6 +564,7 @@ class RedisBackend(Backend):
         stored = await self._batcher.call("finish", codec.finish_args(task, token))
         if not stored:
             raise LeaseLost(f"task {task.id} is no longer leased with this token")
+        self._made_final([task.id])  # or its cancelled variant: a wait reads which
 
     async def _transition(
         self, task_id: str, change: Callable[[Task], Task], *, bounded: bool = False
@@ -594,6 +577,8 @@ class RedisBackend(Backend):
             new = change(found[0])
             outcome = await self._store(new, found[1], bounded=bounded)
             if outcome == "ok":
+                if new.status.is_final:
+                    self._made_final([task_id])
                 return new
             if outcome == "gone":
                 raise TaskNotFound(task_id)
@@ -757,7 +742,8 @@ class RedisBackend(Backend):
         return [codec.decode_handed(item, worker_id) for item in handed]
 
     async def until_final(self, task_id: str, timeout: float) -> None:
-        await self._finals.until(task_id, timeout)
+        self._finals.listen()
+        await super().until_final(task_id, timeout)
 
     async def list_tasks(self, filter: TaskFilter, limit: int, cursor: str | None) -> Page:
         """Newest first by submit sequence; the cursor is the sequence to go on below.

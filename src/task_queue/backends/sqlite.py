@@ -66,6 +66,7 @@ class _Txn:
     processed: int = 0
     failed: int = 0
     woke: bool = False
+    finals: tuple[str, ...] = ()  # tasks made final, for waits once committed
 
     def make_room(self, adding: int, limit: int) -> None:
         if self.stored_waiting is None:
@@ -84,9 +85,11 @@ class _Txn:
         self.conn.executemany(schema.UPDATE, [schema.task_changes(new) for _, new in changes])
         for old, new in changes:
             self.waiting += new.status.is_waiting - old.is_waiting
-            if new.status.is_final and not old.is_final and new.status is not TaskStatus.CANCELLED:
-                self.processed += 1
-                self.failed += new.status is TaskStatus.FAILED
+            if new.status.is_final and not old.is_final:
+                self.finals = (*self.finals, new.id)
+                if new.status is not TaskStatus.CANCELLED:
+                    self.processed += 1
+                    self.failed += new.status is TaskStatus.FAILED
             self.woke |= new.status.is_waiting
 
     def flush_counters(self) -> None:
@@ -262,10 +265,11 @@ class SQLiteBackend(Backend):
             if not ops:
                 ops, self._pending = self._pending, []
             outcomes = [(future, None, self._unavailable(exc)) for _, future in ops]
-            txn.woke = False
+            txn.woke, txn.finals = False, ()
         else:
             self.commits += 1
         self._settle(outcomes, txn.woke)
+        self._made_final(txn.finals)
 
     def _settle(self, outcomes: list[_Outcome], woke: bool) -> None:
         for future, result, error in outcomes:
