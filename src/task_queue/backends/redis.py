@@ -564,7 +564,9 @@ class RedisBackend(Backend):
         stored = await self._batcher.call("finish", codec.finish_args(task, token))
         if not stored:
             raise LeaseLost(f"task {task.id} is no longer leased with this token")
-        self._made_final([task.id])  # or its cancelled variant: a wait reads which
+        # Even a retry may be stored final (a cancel asked meanwhile wins, in Lua): a
+        # wait woken for nothing costs one read.
+        self._made_final([task.id])
 
     async def _transition(
         self, task_id: str, change: Callable[[Task], Task], *, bounded: bool = False
