@@ -197,8 +197,9 @@ class AsyncClient:
             left = deadline - loop.time()
             if task.status.is_final or left <= 0 or self._stopping.is_set():
                 return task
-            # Until the backend hears of a final state (Redis does), the pause ends,
-            # or stop_waiting() is called: then read the task again.
+            # Until the backend hears the task became final (as its own process
+            # stored it, or on Redis from any process), the pause ends, or
+            # stop_waiting() is called: then read the task again.
             heard = asyncio.ensure_future(self.backend.until_final(task_id, min(pause, left)))
             stopping = asyncio.ensure_future(self._stopping.wait())
             try:

@@ -66,7 +66,9 @@ class _Txn:
     processed: int = 0
     failed: int = 0
     woke: bool = False
-    finals: tuple[str, ...] = ()  # tasks made final, for waits once committed
+    # Tasks made final, whose waits wake once committed; a tuple, so that a failed
+    # op's rollback of vars(txn) takes back its own.
+    finals: tuple[str, ...] = ()
 
     def make_room(self, adding: int, limit: int) -> None:
         if self.stored_waiting is None:
