@@ -15,11 +15,9 @@ import argparse
 import asyncio
 import time
 
-from benchmarks.scratch_redis import scratch_backend
+from benchmarks.scratch_redis import BATCH, scratch_backend
 from task_queue.backends.redis import RedisBackend
 from task_queue.task import Task
-
-BATCH = 500
 
 
 async def submits_per_second(backend: RedisBackend, submits: int) -> float:

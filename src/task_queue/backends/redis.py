@@ -797,7 +797,7 @@ class RedisBackend(Backend):
             flat = await self._script("walk", *args)
             ended, lowest = flat[0] == 1, int(flat[1])
             looked_at += count
-            matches = [(task_id, int(seq)) for task_id, seq in codec.pairs(flat[2:]).items()]
+            matches = _sequenced(flat[2:])
             if ended:
                 yield matches, None
                 return
@@ -820,9 +820,7 @@ class RedisBackend(Backend):
         flat = await self._script(
             "listing", filter.status, filter.queue or "", bound, LIST_BY_STATUS, count
         )
-        if flat is None:
-            return None
-        return [(task_id, int(seq)) for task_id, seq in codec.pairs(flat).items()]
+        return None if flat is None else _sequenced(flat)
 
     async def take_token(self, client: str, rate: float, burst: float) -> tuple[bool, float, float]:
         """Take one token from `client`'s bucket, shared by every process on this prefix.
@@ -836,6 +834,11 @@ class RedisBackend(Backend):
         """
         taken, tokens, wait = await self._batcher.call("ratelimit", [client, rate, burst])
         return taken == 1, float(tokens), float(wait)
+
+
+def _sequenced(flat: Sequence[str]) -> list[tuple[str, int]]:
+    """A listing script's {id1, seq1, id2, seq2, ...} as (id, sequence) pairs."""
+    return [(task_id, int(seq)) for task_id, seq in codec.pairs(flat).items()]
 
 
 async def _whole(

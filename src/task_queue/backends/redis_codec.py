@@ -1,8 +1,9 @@
 """How a Task is kept in Redis: one JSON document, plus the small fields the scripts move.
 
 The whole task is one field `d` that only Python reads and writes, so no
-script parses it and a script's cost does not depend on the payload's size
-(but for walk.lua's search of it for a type, bounded by bytes).
+script on a task's way from submit to result reads inside it, and their cost
+does not depend on the payload's size (purge.lua decodes it and walk.lua
+searches it for a type, both bounded by bytes).
 Scripts change what a state change needs without rewriting `d`: the status,
 the lease (token, expiry, worker, start), updated_at, progress and the cancel
 flag, each a field of its own (lib.lua lists them). `decode` lays those over

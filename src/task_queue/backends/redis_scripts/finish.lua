@@ -12,6 +12,7 @@
 local W = 11
 local answers = {}
 local settled, finals = {}, {completed = {}, failed = {}, cancelled = {}}
+local ended = {}  -- the ids made final, for the waits that hear of them (lib.lua's FINALS)
 for at = 2, #ARGV, W do
   local id, token = ARGV[at], ARGV[at + 1]
   local key = task_key(id)
@@ -33,6 +34,7 @@ for at = 2, #ARGV, W do
       local members = finals[status]
       members[#members + 1] = score
       members[#members + 1] = id
+      ended[#ended + 1] = id
     else
       index(id, status, cur[3], rank, cur[4], score)
     end
@@ -47,15 +49,8 @@ for status, members in pairs(finals) do
     each_chunk('ZADD', P .. 'final:' .. status, members, 2)
   end
 end
--- Waits hear of the tasks that became final (redis.py's _Finals).
-local ended = {}
-for _, members in pairs(finals) do
-  for i = 2, #members, 2 do
-    ended[#ended + 1] = members[i]
-  end
-end
 if #ended > 0 then
-  redis.call('PUBLISH', P .. 'finals', table.concat(ended, '\n'))
+  redis.call('PUBLISH', FINALS, table.concat(ended, '\n'))
 end
 -- Only a worker's outcome completes or fails a task (a store never does), so
 -- processed and failed are counted here alone; cancelled counts in neither.

@@ -59,6 +59,7 @@
 
 local P = ARGV[1]
 local COUNTS = P .. 'counts'
+local FINALS = P .. 'finals'  -- where the ids of tasks made final go (redis.py's _Finals)
 local DELAYED = {scheduled = true, retrying = true}
 local FINAL = {completed = true, failed = true, cancelled = true}
 local CHUNK = 1000  -- members per variadic call, well under Lua's unpack limit

@@ -37,7 +37,7 @@ else
 end
 index(id, status, cur[3], ARGV[7], cur[5], ARGV[8])
 if FINAL[status] then
-  redis.call('PUBLISH', P .. 'finals', id)  -- waits hear of it (redis.py's _Finals)
+  redis.call('PUBLISH', FINALS, id)
 end
 wake(ARGV[12], ARGV[4])
 return 'ok'
