@@ -32,8 +32,10 @@ from task_queue.backends.redis import (
 from task_queue.backends.redis_codec import ready_rank
 from task_queue.backends.redis_connect import connect
 from task_queue.client import AsyncClient
+from task_queue.config import Settings
 from task_queue.errors import BackendUnavailable, LeaseLost
 from task_queue.task import Task, TaskStatus
+from task_queue.worker.maintenance import Recoverer
 from tests.backends.parking import park
 from tests.backends.redis_server import RedisServer
 from tests.local import wait_for
@@ -261,6 +263,18 @@ async def test_finishes_of_one_tick_go_as_one_script_call_and_each_gets_its_own_
     statuses = [(await redis_backend.get(task.id)).status for task in leased]
     assert statuses.count(TaskStatus.COMPLETED) == 5
     assert statuses[2] is TaskStatus.RUNNING
+
+
+async def test_the_recoverer_stores_a_batch_of_expired_leases_in_one_script_call(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock
+) -> None:
+    """A host that died holding 50 tasks: their outcomes go together, not a round trip each."""
+    await redis_backend.enqueue([make(clock) for _ in range(50)])
+    await redis_backend.dequeue([], 50, worker_id="dead-host", lease_seconds=LEASE)
+    clock.advance(LEASE + 1)
+    before = await calls(raw)
+    assert await Recoverer(redis_backend, Settings.load({})).run_once() == 50
+    assert await calls(raw) - before == 1
 
 
 async def test_a_rare_status_is_listed_from_its_own_index_not_by_walking_every_task(
