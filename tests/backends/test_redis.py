@@ -833,7 +833,7 @@ async def test_a_submit_to_many_parked_workers_stops_once_its_tasks_are_handed(
 
 
 async def test_a_lone_task_handed_over_is_stored_leased_like_one_dequeued(
-    redis_backend: RedisBackend, clock: ManualClock
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, prefix: str
 ) -> None:
     waiting = await park(redis_backend, "w")
     task = make(clock, 1, idempotency_key="k", request_hash="h")
@@ -844,7 +844,15 @@ async def test_a_lone_task_handed_over_is_stored_leased_like_one_dequeued(
     )
     assert handed == expected
     assert await redis_backend.get(task.id) == expected
-    assert (await redis_backend.stats()).by_status == {"running": 1}
+    # Written once, leased, yet the same fields as a task stored pending, then dequeued.
+    other = make(clock, 1, idempotency_key="k2", request_hash="h")
+    await redis_backend.enqueue([other])
+    [dequeued] = await redis_backend.dequeue(["default"], 1, worker_id="w", lease_seconds=LEASE)
+    stored = await raw.hgetall(f"{{{prefix}}}:task:{task.id}")
+    assert stored.keys() == (await raw.hgetall(f"{{{prefix}}}:task:{other.id}")).keys()
+    assert stored["rev"] == stored["l"] == handed.lease_token
+    assert stored["seq"] == "1".zfill(16)
+    assert (await redis_backend.stats()).by_status == {"running": 2}
     await redis_backend.finish(handed.completed(None, clock.now()), handed.lease_token or "")
     assert (await redis_backend.get(task.id)).status is TaskStatus.COMPLETED
 

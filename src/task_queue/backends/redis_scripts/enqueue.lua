@@ -9,13 +9,44 @@
 -- every task of the group was created); {'conflict', key}; or {'full', waiting}.
 -- Cost: one HSET per task (and a GET, SET and HSET per idempotency key); the index
 -- and counter writes are one call per script call, whatever the number of
--- submitters and tasks. A call that makes one task pending, into an empty queue,
--- hands it to a parked worker without the ready set (lib.lua's hand_over).
+-- submitters and tasks. A call of one task, pending into an empty queue, hands it
+-- to a parked worker without the ready set (hand_over below).
 local W = 9
 local waiting, pending_before = waiting_count()
 local seq = tonumber(redis.call('HGET', COUNTS, 'seq') or '0')
 local ready, delayed, all, types, scheduled = {}, {}, {}, {}, 0
-local fresh = {}  -- the ARGV base of each task stored pending
+local lone = #ARGV == 5 + W  -- the prefix, one submitter's 4, one task
+local now, stamp  -- of the submitter being stored
+
+-- The first live parked worker with a free slot that takes from `queue`: its id,
+-- park key, lease seconds and free slots; nil when there is none.
+local function taker(now, queue)
+  for _, worker in ipairs(live_parks(now)) do
+    local park, names, seconds, want = read_park(worker)
+    if park and want > 0 and takes_any(names, function(name) return name == queue end) then
+      return worker, park, seconds, want
+    end
+  end
+end
+
+-- A lone task into an empty queue goes straight to a parked worker: stored leased
+-- to it in the one write that stores it (`...`: its other fields), and never in the
+-- ready set. That is feed's outcome (a worker parks only when its queues were
+-- empty, so the task is its best) with four commands fewer (ZADD, ZPOPMIN, HMGET
+-- and a second HSET), on the path that decides how soon a quiet queue starts a
+-- task. Returns whether it was handed.
+local function hand_over(now, stamp, id, queue, doc, ...)
+  local worker, park, seconds, want = taker(now, queue)
+  if not worker then
+    return false
+  end
+  local token, expires = stamp .. '.1', lease_until(now, seconds)
+  lease_one(task_key(id), token, now, expires, worker, 'd', doc, 'q', queue, ...)
+  redis.call('ZADD', P .. 'leased', expires, id)
+  deliver(worker, {inbox_item(token, expires, now, '', '', doc)})
+  count_off(worker, park, want, 1)
+  return true
+end
 
 -- The tasks of one group that are already stored under their idempotency key
 -- (false for a fresh one), or nil and the refusal.
@@ -55,22 +86,26 @@ end
 
 local function store(base)
   local id, status, queue, rank = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-  local key = ARGV[base + 6]
+  local key, doc = ARGV[base + 6], ARGV[base + 8]
   seq = seq + 1
   local padded = pad16(seq)  -- one number-to-text conversion per task, not four
-  redis.call('HSET', task_key(id), 'd', ARGV[base + 8], 's', status, 'q', queue, 'r', rank,
-    'seq', padded, 'rev', '0')  -- no field table to unpack: a seventh of this script's cost
+  local pending = status == 'pending'
+  if not (pending and lone and (pending_before[queue] or 0) == 0
+      and hand_over(now, stamp, id, queue, doc, 'r', rank, 'seq', padded)) then
+    redis.call('HSET', task_key(id), 'd', doc, 's', status, 'q', queue, 'r', rank,
+      'seq', padded, 'rev', '0')  -- no field table to unpack: a seventh of this script's cost
+    if pending then
+      ready[queue] = ready[queue] or {}
+      local members = ready[queue]
+      members[#members + 1] = '0'
+      members[#members + 1] = member(rank, padded, id)
+    end
+  end
   if key ~= '' then
     redis.call('HSET', task_key(id), 'h', ARGV[base + 7])
     redis.call('SET', P .. 'idem:' .. key, id)
   end
-  if status == 'pending' then
-    fresh[#fresh + 1] = base
-    ready[queue] = ready[queue] or {}
-    local members = ready[queue]
-    members[#members + 1] = '0'
-    members[#members + 1] = member(rank, padded, id)
-  else
+  if not pending then
     delayed[#delayed + 1] = ARGV[base + 4]
     delayed[#delayed + 1] = id
     scheduled = scheduled + 1
@@ -82,7 +117,6 @@ end
 
 local answers = {}
 local at = 2
-local now, stamp
 while at <= #ARGV do
   local max_waiting, n = tonumber(ARGV[at]), tonumber(ARGV[at + 3])
   now, stamp = ARGV[at + 1], ARGV[at + 2]
@@ -110,13 +144,6 @@ while at <= #ARGV do
   at = first_task + n * W
 end
 
-if #fresh == 1 then  -- a lone task into an empty queue: straight to a parked worker
-  local base = fresh[1]
-  local id, queue, doc = ARGV[base], ARGV[base + 2], ARGV[base + 8]
-  if (pending_before[queue] or 0) == 0 and hand_over(now, stamp, id, queue, doc) then
-    ready[queue] = nil
-  end
-end
 for queue, members in pairs(ready) do
   each_chunk('ZADD', P .. 'ready:' .. queue, members, 2)
   note_queue(queue)

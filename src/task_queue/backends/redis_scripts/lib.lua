@@ -250,10 +250,11 @@ local function take(queues, limit)
 end
 
 -- The lease is the small fields l, x, w, n (above); the reader turns them into
--- Task.leased()'s running task with one more attempt.
-local function lease_one(key, token, now, expires, worker)
+-- Task.leased()'s running task with one more attempt. `...`: more fields to
+-- write with it, in the same HSET.
+local function lease_one(key, token, now, expires, worker, ...)
   redis.call('HSET', key, 's', 'running', 'l', token, 'x', expires, 'w', worker, 'n', now,
-    'u', now, 'rev', token)
+    'u', now, 'rev', token, ...)
 end
 
 -- Lease the popped tasks to `worker`, the i-th with tokens[i]. Returns {d, p, c}
@@ -386,27 +387,6 @@ local function feed(now, stamp)
       count_off(worker, park, want, #ids)
     end
   end
-end
-
--- A pending task stored in this call, alone and into an empty queue, goes straight
--- to the first parked worker that takes from its queue: leased where it was stored,
--- never entering the ready set. That is feed's outcome (a worker parks only when its
--- queues were empty, so the task is its best) with three commands fewer (ZADD, ZPOPMIN,
--- HMGET), on the path that decides how soon a quiet queue starts a task. Returns
--- whether it was handed.
-local function hand_over(now, stamp, id, queue, doc)
-  for _, worker in ipairs(live_parks(now)) do
-    local park, names, seconds, want = read_park(worker)
-    if park and want > 0 and takes_any(names, function(name) return name == queue end) then
-      local token, expires = stamp .. '.1', lease_until(now, seconds)
-      lease_one(task_key(id), token, now, expires, worker)
-      redis.call('ZADD', P .. 'leased', expires, id)
-      deliver(worker, {inbox_item(token, expires, now, '', '', doc)})
-      count_off(worker, park, want, 1)
-      return true
-    end
-  end
-  return false
 end
 
 -- End `worker`'s wait on its inbox, with nothing handed.
