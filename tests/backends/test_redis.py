@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import socket
 import time
 import uuid
@@ -79,7 +80,26 @@ def test_every_script_lives_in_a_lua_file_that_documents_the_key_layout() -> Non
     assert "Key layout" in (folder / "lib.lua").read_text()
     for name in SCRIPTS:
         assert (folder / f"{name}.lua").is_file()
-        assert load_script(name).startswith((folder / "lib.lua").read_text())
+        assert load_script(name).endswith((folder / f"{name}.lua").read_text())
+
+
+def test_a_script_carries_the_helpers_it_reaches_and_no_others() -> None:
+    """Redis runs the whole source on every call: a helper carried for nothing is a
+    closure made and collected for nothing."""
+    lib = (resources.files("task_queue.backends") / "redis_scripts" / "lib.lua").read_text()
+    declared = set(re.findall(r"^local function ([a-z_0-9]+)\(", lib, re.MULTILINE))
+    for name in SCRIPTS:
+        source = load_script(name)
+        carried = set(re.findall(r"^local function ([a-z_0-9]+)\(", source, re.MULTILINE))
+        code = re.sub(r"--.*", "", source)
+        # every helper it names is defined, above the script, once
+        named = {n for n in declared if re.search(rf"\b{n}\(", code)}
+        assert named <= carried, name
+        assert all(source.count(f"local function {n}(") == 1 for n in carried)
+    heartbeat, enqueue = load_script("heartbeat"), load_script("enqueue")
+    assert "local function feed(" not in heartbeat
+    assert "local function feed(" in enqueue  # through wake()
+    assert "local function rewrite(" not in enqueue
 
 
 async def test_scripts_are_loaded_and_reloaded_after_a_script_flush(
@@ -847,7 +867,7 @@ async def test_a_lone_task_handed_over_is_stored_leased_like_one_dequeued(
     # Written once, leased, yet the same fields as a task stored pending, then dequeued.
     other = make(clock, 1, idempotency_key="k2", request_hash="h")
     await redis_backend.enqueue([other])
-    [dequeued] = await redis_backend.dequeue(["default"], 1, worker_id="w", lease_seconds=LEASE)
+    assert len(await redis_backend.dequeue(["default"], 1, worker_id="w", lease_seconds=LEASE)) == 1
     stored = await raw.hgetall(f"{{{prefix}}}:task:{task.id}")
     assert stored.keys() == (await raw.hgetall(f"{{{prefix}}}:task:{other.id}")).keys()
     assert stored["rev"] == stored["l"] == handed.lease_token

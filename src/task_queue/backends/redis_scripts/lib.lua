@@ -1,4 +1,6 @@
--- Shared helpers, prepended to every other script when it is loaded (see redis.py).
+-- Shared helpers. Each script is loaded with those it reaches in front of it
+-- (redis.py's load_script): a top-level definition goes in when the script, or a
+-- definition that went in, names it. So a definition may use only those above it.
 --
 -- Key layout. Every key of one prefix carries the hash tag {prefix}, so on Redis
 -- Cluster a whole prefix lives on one slot (several prefixes spread over slots).
