@@ -25,7 +25,7 @@ async def park(
     idle = IdleWorker(worker, queues, limit, LEASE)
     waiting = asyncio.create_task(backend.wait_for_work(timeout, idle))
     for _ in range(200):  # the park rides in the wait's own pipeline
-        if await backend._client.zscore(f"{backend._p}parked", worker) is not None:
+        if await backend._client.hexists(f"{backend._p}parks", worker):
             return waiting
         await asyncio.sleep(0.01)
     raise AssertionError(f"{worker} never parked")

@@ -823,29 +823,35 @@ async def test_stop_waiting_ends_the_wait_and_returns_what_was_handed_but_not_ta
 
 
 @pytest.mark.parametrize(
-    ("tasks", "reads"),
+    ("tasks", "reads", "pops"),
     [
-        (1, 1),  # lib.lua's hand_over: the park read; the new task is in the call already
-        (2, 3),  # feed: the park read and one read of each leased task
+        (1, 0, 0),  # enqueue's hand_over: the new task is in the call already
+        (2, 2, 1),  # feed: one pop of the queue, one read of each leased task
     ],
 )
 async def test_a_submit_to_many_parked_workers_stops_once_its_tasks_are_handed(
-    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, tasks: int, reads: int
+    redis_backend: RedisBackend,
+    raw: aioredis.Redis,
+    clock: ManualClock,
+    tasks: int,
+    reads: int,
+    pops: int,
 ) -> None:
     """Walking every idle worker on every submit would cost Redis calls per worker."""
     waits = [await park(redis_backend, f"w{i}", queues=[], limit=5) for i in range(20)]
     try:
-        before = await calls(raw, "hmget")
+        before = [await calls(raw, c) for c in ("hgetall", "hmget", "zpopmin")]
         submitted = [make(clock) for _ in range(tasks)]
         await redis_backend.enqueue(submitted)
-        after = await calls(raw, "hmget")
+        after = [await calls(raw, c) for c in ("hgetall", "hmget", "zpopmin")]
         done, _ = await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
         handed = done.pop().result()
         handed += await redis_backend.dequeue(
             [], 5, worker_id=handed[0].worker_id or "", lease_seconds=LEASE
         )
         assert [t.id for t in handed] == [t.id for t in submitted]
-        assert after - before == reads  # the other 19 workers were not visited
+        # every park read in one call; the other 19 workers were not fed
+        assert [a - b for a, b in zip(after, before, strict=True)] == [1, reads, pops]
     finally:
         for waiting in waits:
             waiting.cancel()

@@ -18,15 +18,17 @@ local ready, delayed, all, types, scheduled = {}, {}, {}, {}, 0
 local lone = #ARGV == 5 + W  -- the prefix, one submitter's 4, one task
 local now, stamp  -- of the submitter being stored
 
--- The first live parked worker with a free slot that takes from `queue`: its id,
--- park key, lease seconds and free slots; nil when there is none.
+-- The first live park with a free slot that takes from `queue` (as each_park
+-- gives it), or nil.
 local function taker(now, queue)
-  for _, worker in ipairs(live_parks(now)) do
-    local park, names, seconds, want = read_park(worker)
-    if park and want > 0 and takes_any(names, function(name) return name == queue end) then
-      return worker, park, seconds, want
+  local found = nil
+  each_park(now, function(park)
+    if park.want > 0 and takes_any(park.names, function(name) return name == queue end) then
+      found = park
     end
-  end
+    return found ~= nil
+  end)
+  return found
 end
 
 -- A lone task into an empty queue goes straight to a parked worker: stored leased
@@ -36,15 +38,15 @@ end
 -- and a second HSET), on the path that decides how soon a quiet queue starts a
 -- task. Returns whether it was handed.
 local function hand_over(now, stamp, id, queue, doc, ...)
-  local worker, park, seconds, want = taker(now, queue)
-  if not worker then
+  local park = taker(now, queue)
+  if not park then
     return false
   end
-  local token, expires = stamp .. '.1', lease_until(now, seconds)
-  lease_one(task_key(id), token, now, expires, worker, 'd', doc, 'q', queue, ...)
+  local token, expires = stamp .. '.1', lease_until(now, park.seconds)
+  lease_one(task_key(id), token, now, expires, park.worker, 'd', doc, 'q', queue, ...)
   redis.call('ZADD', P .. 'leased', expires, id)
-  deliver(worker, {inbox_item(token, expires, now, '', '', doc)})
-  count_off(worker, park, want, 1)
+  deliver(park.worker, {inbox_item(token, expires, now, '', '', doc)})
+  count_off(park, 1)
   return true
 end
 

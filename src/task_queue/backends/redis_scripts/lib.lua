@@ -45,11 +45,13 @@
 --                              status:scheduled / status:retrying (the split of
 --                              delayed); every other status count is a ZCARD
 --   P..workers         hash    worker id -> WorkerInfo JSON
---   P..parked          zset    idle workers blocked on their inbox, score parked-until
---                              (seconds); an expired entry is never handed a task
---   P..park:<worker>   hash    q = its queue names joined by '\n' ('' = every queue),
---                              ls = its lease seconds, n = how many tasks it may
---                              still be handed (its free slots when it parked)
+--   P..parks           hash    idle workers blocked on their inbox: worker id ->
+--                              'until\nls\nn\nq': parked until (seconds; a park
+--                              that ran out is never handed a task), its lease
+--                              seconds, how many tasks it may still be handed (its
+--                              free slots when it parked), its queue names joined
+--                              by '\n' ('' = every queue). One hash, not a key per
+--                              worker: a submit reads every park in one call
 --   P..inbox:<worker>  list    tasks handed to it, leased already, each
 --                              'token\nexpires\nnow\nc\np\nd' (c, p as in the hash,
 --                              '' when absent); '' alone ends its wait with nothing
@@ -276,8 +278,8 @@ local function lease(ids, tokens, now, expires, worker)
   return taken
 end
 
-local PARKED = P .. 'parked'
-local KEEP_PARKED = 600  -- seconds the keys of a worker that vanished while parked stay
+local PARKS = P .. 'parks'
+local KEEP_INBOX = 600  -- seconds the inbox of a worker that vanished while parked stays
 
 -- When a lease taken at `now` for `seconds` (text, as parks store them) runs out.
 local function lease_until(now, seconds)
@@ -292,16 +294,22 @@ end
 local function deliver(worker, items)
   local inbox = P .. 'inbox:' .. worker
   each_chunk('RPUSH', inbox, items, 1)
-  redis.call('EXPIRE', inbox, KEEP_PARKED)
+  redis.call('EXPIRE', inbox, KEEP_INBOX)
 end
 
--- `worker` could take `want` tasks and was handed `handed`: it leaves the parked
--- set once it has no free slot left.
-local function count_off(worker, park, want, handed)
-  if handed == want then
-    redis.call('ZREM', PARKED, worker)
+-- A park as P..parks holds it; `names` is the names' text.
+local function park_text(until_, seconds, slots, names)
+  return until_ .. '\n' .. seconds .. '\n' .. slots .. '\n' .. names
+end
+
+-- A live park (each_park) was handed `handed` tasks: it is dropped once it has no
+-- free slot left.
+local function count_off(park, handed)
+  if handed == park.want then
+    redis.call('HDEL', PARKS, park.worker)
   elseif handed > 0 then
-    redis.call('HSET', park, 'n', want - handed)
+    local text = park_text(park.until_, park.seconds, park.want - handed, park.names_text)
+    redis.call('HSET', PARKS, park.worker, text)
   end
 end
 
@@ -313,30 +321,33 @@ local function split(text)
   return names
 end
 
--- The parked workers whose park has not run out, in parking order; those whose
--- park ran out (the worker died or is late) leave the parked set.
-local function live_parks(now)
-  local flat = redis.call('ZRANGE', PARKED, 0, -1, 'WITHSCORES')
-  local live = {}
+-- Visits the parks that have not run out, in the order P..parks lists them, until
+-- `visit` returns true; each as {worker, until_, seconds (text), want (free slots),
+-- names ({} = every queue), names_text}. Parks that ran out (the worker died or is
+-- late) are dropped, visited or not; only a visited park is read whole, so a
+-- submit that the first park takes costs little more with many idle workers.
+local function each_park(now, visit)
+  local flat = redis.call('HGETALL', PARKS)
+  local gone, at, done = {}, tonumber(now), false
   for i = 1, #flat, 2 do
-    if flat[i + 1] + 0 < now + 0 then
-      redis.call('ZREM', PARKED, flat[i])
-    else
-      live[#live + 1] = flat[i]
+    local text = flat[i + 1]
+    local a = string.find(text, '\n', 1, true)
+    local until_ = string.sub(text, 1, a - 1)
+    if tonumber(until_) < at then
+      gone[#gone + 1] = flat[i]
+    elseif not done then
+      local b = string.find(text, '\n', a + 1, true)
+      local c = string.find(text, '\n', b + 1, true)
+      local names = string.sub(text, c + 1)
+      done = visit({
+        worker = flat[i], until_ = until_, seconds = string.sub(text, a + 1, b - 1),
+        want = tonumber(string.sub(text, b + 1, c - 1)), names = split(names), names_text = names,
+      })
     end
   end
-  return live
-end
-
--- What a live park says: its key, its queue names ({} = every queue), its lease
--- seconds (text) and how many tasks it may still be handed; nil once its hash is gone.
-local function read_park(worker)
-  local park = P .. 'park:' .. worker
-  local info = redis.call('HMGET', park, 'q', 'ls', 'n')
-  if not info[2] then
-    return nil
+  if #gone > 0 then
+    each_chunk('HDEL', PARKS, gone, 1)
   end
-  return park, split(info[1] or ''), info[2], tonumber(info[3] or '0')
 end
 
 -- Whether a park of these queue names takes from a queue that passes `test`.
@@ -359,36 +370,36 @@ end
 -- A worker that got fewer than it could take emptied its queues: the walk stops
 -- once every queue is known empty, so many idle workers cost a submit little.
 local function feed(now, stamp)
-  local handed, drained, all_drained = 0, {}, false
-  for _, worker in ipairs(live_parks(now)) do
-    if all_drained then
-      break
+  local handed, drained = 0, {}
+  each_park(now, function(park)
+    local names = park.names
+    if not takes_any(names, function(name) return not drained[name] end) then
+      return false
     end
-    local park, names, seconds, want = read_park(worker)
-    if park and takes_any(names, function(name) return not drained[name] end) then
-      local ids = take(queue_names(names), want)
-      if #ids < want then
-        all_drained = #names == 0
-        for _, name in ipairs(names) do
-          drained[name] = true
-        end
+    local ids = take(queue_names(names), park.want)
+    local all_drained = false
+    if #ids < park.want then
+      all_drained = #names == 0
+      for _, name in ipairs(names) do
+        drained[name] = true
       end
-      if #ids > 0 then
-        local tokens = {}
-        for k = 1, #ids do
-          tokens[k] = stamp .. '.' .. (handed + k)
-        end
-        handed = handed + #ids
-        local expires = lease_until(now, seconds)
-        local items = {}
-        for k, found in ipairs(lease(ids, tokens, now, expires, worker)) do
-          items[k] = inbox_item(tokens[k], expires, now, found[3], found[2], found[1])
-        end
-        deliver(worker, items)
-      end
-      count_off(worker, park, want, #ids)
     end
-  end
+    if #ids > 0 then
+      local tokens = {}
+      for k = 1, #ids do
+        tokens[k] = stamp .. '.' .. (handed + k)
+      end
+      handed = handed + #ids
+      local expires = lease_until(now, park.seconds)
+      local items = {}
+      for k, found in ipairs(lease(ids, tokens, now, expires, park.worker)) do
+        items[k] = inbox_item(tokens[k], expires, now, found[3], found[2], found[1])
+      end
+      deliver(park.worker, items)
+    end
+    count_off(park, #ids)
+    return all_drained
+  end)
 end
 
 -- End `worker`'s wait on its inbox, with nothing handed.
@@ -398,10 +409,10 @@ end
 
 -- Without a time to lease by, end the parked workers' waits instead: they dequeue.
 local function nudge()
-  for _, worker in ipairs(redis.call('ZRANGE', PARKED, 0, -1)) do
+  for _, worker in ipairs(redis.call('HKEYS', PARKS)) do
     end_wait(worker)
   end
-  redis.call('DEL', PARKED)
+  redis.call('DEL', PARKS)
 end
 
 -- Tasks became pending in this call: parked workers take them now, leased at
@@ -418,15 +429,13 @@ end
 
 -- `worker` blocks on its inbox until `until_`, and may be handed `slots` tasks.
 local function park(worker, until_, lease_seconds, names, slots)
-  local park = P .. 'park:' .. worker
-  redis.call('HSET', park, 'q', table.concat(names, '\n'), 'ls', lease_seconds, 'n', slots)
-  redis.call('EXPIRE', park, KEEP_PARKED)
-  redis.call('ZADD', PARKED, until_, worker)
+  local text = park_text(until_, lease_seconds, slots, table.concat(names, '\n'))
+  redis.call('HSET', PARKS, worker, text)
 end
 
 -- Hand `worker` no more tasks; returns the tasks handed to it that it has not taken.
 local function unpark(worker)
-  redis.call('ZREM', PARKED, worker)
+  redis.call('HDEL', PARKS, worker)
   local inbox = P .. 'inbox:' .. worker
   local found = redis.call('LRANGE', inbox, 0, -1)
   local items = {}
