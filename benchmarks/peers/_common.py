@@ -100,7 +100,10 @@ def start_worker(
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """Start the library's worker CLI from this venv, in its own process group."""
     log = Path(tempfile.mkstemp(prefix="peer-worker-", suffix=".log")[1])
-    env = {**os.environ, "PYTHONPATH": str(HERE), **(env or {})}
+    # The caller's PYTHONPATH goes after this folder: an A/B run puts a checkout of
+    # task-queue there, for its workers as for its producer.
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, **(env or {})}
     cmd = [str(BIN / argv[0]), *argv[1:]]
     with log.open("wb") as out:
         proc = subprocess.Popen(
