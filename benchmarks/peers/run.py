@@ -50,6 +50,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +72,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+def start_redis(under: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free port, run `under` a command (valgrind, say)."""
     port = free_port()
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    argv = [*under, "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
     argv += ["--save", "", "--appendonly", "no"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
-    for _ in range(100):
+    for _ in range(600):  # valgrind takes seconds to start it
         try:
             client.ping()
             return proc, url

@@ -1,0 +1,134 @@
+"""Redis's work per script call, counted rather than timed: instructions under callgrind.
+
+    .venv/bin/python -m benchmarks.redis_instructions [--calls 1000] [--only submit,park]
+
+A script's time on this shared 2-core VM swings by tens of per cent from run to
+run; the instructions redis-server executes for it repeat to about 1%. For each
+workload this starts `valgrind --tool=callgrind redis-server` on a free port,
+makes BASE calls, or BASE + `--calls`, through RedisBackend, shuts the server
+down and reads its total: the difference over `--calls` is one call's work, with
+start-up, script loading and the workload's set-up cancelled out. Needs valgrind
+(Debian's package). Five workloads take about two minutes.
+
+- submit: a lone submit handed to a parked worker, the path that decides how
+  soon a quiet queue starts a task;
+- park: dequeue.lua finding nothing and parking the worker, once per idle wait;
+- ratelimit: the HTTP rate-limit check, once per request when RATE_LIMIT is set;
+- heartbeat: a worker's heartbeat holding no lease;
+- drain: per task, submits of 500 at a time, dequeues of 10, and each ten's
+  finishes gathered in one tick, as a busy worker sends them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import benchmarks.noop_tasks  # noqa: F401 - registers `noop`
+from benchmarks.peers.run import start_redis
+from task_queue.backends.base import WorkerInfo
+from task_queue.backends.redis import RedisBackend
+from task_queue.logs import configure
+from task_queue.task import Task
+
+BASE = 200
+LEASE = 30.0
+
+
+async def submit(backend: RedisBackend, calls: int) -> None:
+    # One park with a slot for every task, so that each submit is handed over.
+    lease = backend._lease(
+        ["default"], calls + 1, "w", LEASE, parked_until=repr(time.time() + 3600)
+    )
+    await backend._script("dequeue", *lease.args)
+    for _ in range(calls):
+        await backend.enqueue([Task.new("noop", {"n": 1}, now=time.time())])
+
+
+async def park(backend: RedisBackend, calls: int) -> None:
+    for _ in range(calls):
+        lease = backend._lease(["default"], 10, "w", LEASE, parked_until=repr(time.time() + 3))
+        await backend._script("dequeue", *lease.args)
+
+
+async def ratelimit(backend: RedisBackend, calls: int) -> None:
+    for i in range(calls):
+        await backend.take_token(f"client-{i % 50}", 1000.0, 2000.0)
+
+
+async def heartbeat(backend: RedisBackend, calls: int) -> None:
+    worker = WorkerInfo(
+        id="w", hostname="h", pid=1, queues=[], concurrency=10, started_at=time.time()
+    )
+    for _ in range(calls):
+        await backend.heartbeat(worker, {}, LEASE)
+
+
+async def drain(backend: RedisBackend, tasks: int) -> None:
+    for first in range(0, tasks, 500):
+        now = time.time()
+        await backend.enqueue(
+            [Task.new("noop", {}, now=now) for _ in range(min(500, tasks - first))]
+        )
+    for _ in range(0, tasks, 10):
+        leased = await backend.dequeue(["default"], 10, worker_id="w", lease_seconds=LEASE)
+        now = time.time()
+        await asyncio.gather(
+            *(backend.finish(t.completed(None, now), t.lease_token or "") for t in leased)
+        )
+
+
+WORKLOADS: dict[str, Callable[[RedisBackend, int], Awaitable[None]]] = {
+    "submit": submit,
+    "park": park,
+    "ratelimit": ratelimit,
+    "heartbeat": heartbeat,
+    "drain": drain,
+}
+
+
+async def total(workload: Callable[[RedisBackend, int], Awaitable[None]], calls: int) -> int:
+    """Instructions redis-server executed, from start to shutdown, around `calls` calls."""
+    with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
+        out = Path(scratch) / "callgrind.out"
+        server, url = start_redis(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        backend = RedisBackend(url, max_waiting=10**9)
+        await backend.open()
+        try:
+            await workload(backend, calls)
+            await backend._client.shutdown(nosave=True)  # callgrind writes its counts
+        finally:
+            await backend.close()
+            server.wait()
+        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
+        if found is None:
+            raise SystemExit(f"no totals in {out}")
+        return int(found[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="a subset of the workloads")
+    args = parser.parse_args()
+    configure("warning", "text", None)
+    print(f"Redis instructions per call (callgrind; {BASE} + {args.calls} calls against {BASE})\n")
+    print("| workload | instructions per call |")
+    print("|---|---:|")
+    for name in args.only.split(","):
+        workload = WORKLOADS[name]
+        base = asyncio.run(total(workload, BASE))
+        more = asyncio.run(total(workload, BASE + args.calls))
+        print(f"| {name} | {(more - base) / args.calls:,.0f} |", flush=True)
+    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    print(f"\n{version.stdout.strip()}")
+
+
+if __name__ == "__main__":
+    main()
