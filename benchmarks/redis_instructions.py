@@ -8,7 +8,7 @@ workload this starts `valgrind --tool=callgrind redis-server` on a free port,
 makes BASE calls, or BASE + `--calls`, through RedisBackend, shuts the server
 down and reads its total: the difference over `--calls` is one call's work, with
 start-up, script loading and the workload's set-up cancelled out. Needs valgrind
-(Debian's package). Five workloads take about two minutes.
+(Debian's package). The five workloads take about 20 s.
 
 - submit: a lone submit handed to a parked worker, the path that decides how
   soon a quiet queue starts a task;
