@@ -212,6 +212,7 @@ def _definitions(lib: str) -> tuple[str, list[tuple[set[str], str]]]:
     return "".join(head), [(names, "".join(lines)) for names, lines in blocks]
 
 
+@functools.cache  # 13 scripts cost 3.5 ms to link; every backend open would pay it
 def load_script(name: str) -> str:
     """A script's source with the helpers of lib.lua it reaches in front of it.
 
