@@ -8,13 +8,14 @@ workload this starts `valgrind --tool=callgrind redis-server` on a free port,
 makes BASE calls, or BASE + `--calls`, through RedisBackend, shuts the server
 down and reads its total: the difference over `--calls` is one call's work, with
 start-up, script loading and the workload's set-up cancelled out. Needs valgrind
-(Debian's package). The five workloads take about 20 s.
+(Debian's package). The six workloads take about 25 s.
 
 - submit: a lone submit handed to a parked worker, the path that decides how
   soon a quiet queue starts a task;
 - park: dequeue.lua finding nothing and parking the worker, once per idle wait;
 - ratelimit: the HTTP rate-limit check, once per request when RATE_LIMIT is set;
 - heartbeat: a worker's heartbeat holding no lease;
+- batch: per task, submits of 500 at a time (a batched submit);
 - drain: per task, submits of 500 at a time, dequeues of 10, and each ten's
   finishes gathered in one tick, as a busy worker sends them.
 """
@@ -72,12 +73,16 @@ async def heartbeat(backend: RedisBackend, calls: int) -> None:
         await backend.heartbeat(worker, {}, LEASE)
 
 
-async def drain(backend: RedisBackend, tasks: int) -> None:
+async def batch(backend: RedisBackend, tasks: int) -> None:
     for first in range(0, tasks, 500):
         now = time.time()
         await backend.enqueue(
             [Task.new("noop", {}, now=now) for _ in range(min(500, tasks - first))]
         )
+
+
+async def drain(backend: RedisBackend, tasks: int) -> None:
+    await batch(backend, tasks)
     for _ in range(0, tasks, 10):
         leased = await backend.dequeue(["default"], 10, worker_id="w", lease_seconds=LEASE)
         now = time.time()
@@ -91,6 +96,7 @@ WORKLOADS: dict[str, Callable[[RedisBackend, int], Awaitable[None]]] = {
     "park": park,
     "ratelimit": ratelimit,
     "heartbeat": heartbeat,
+    "batch": batch,
     "drain": drain,
 }
 

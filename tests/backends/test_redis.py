@@ -159,6 +159,32 @@ async def test_run_at_orders_within_a_millisecond_and_priority_before_it(
     assert [t.id for t in taken] == [urgent.id, early.id, later.id]
 
 
+async def test_a_batch_is_stored_task_by_task_whatever_runs_it_is_sent_in(
+    redis_backend: RedisBackend, clock: ManualClock
+) -> None:
+    """enqueue.lua takes tasks in a row that share every field but id and JSON as one
+    run: here runs of one and of several, broken by a type, a priority, a key and a delay."""
+    batch = [
+        make(clock),
+        make(clock),
+        Task.new("other", {}, now=clock.now()),
+        *(make(clock, 5) for _ in range(3)),
+        make(clock, idempotency_key="k", request_hash="h"),
+        make(clock),
+        make(clock, run_at=clock.now() + 60),
+        make(clock),
+    ]
+    await redis_backend.enqueue(batch)
+    assert [await redis_backend.get(t.id) for t in batch] == batch
+    taken = await redis_backend.dequeue(["default"], 10, worker_id="w", lease_seconds=LEASE)
+    assert [t.id for t in taken] == [t.id for t in batch[3:6] + batch[:3] + batch[6:8] + batch[9:]]
+    stats = await redis_backend.stats()
+    assert stats.by_type == {"noop": 9, "other": 1}
+    assert stats.by_status == {"running": 9, "scheduled": 1}
+    [again] = await redis_backend.enqueue([make(clock, idempotency_key="k", request_hash="h")])
+    assert again.task.id == batch[6].id
+
+
 async def test_a_task_stored_with_a_bare_seq_by_an_older_version_leaves_its_ready_set(
     redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, prefix: str
 ) -> None:

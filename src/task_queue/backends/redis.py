@@ -538,9 +538,7 @@ class RedisBackend(Backend):
             return []
         # All or none for this call; the small calls of one tick share one script call.
         now, stamp = repr(self.clock.now()), new_lease_token()
-        args: list[Any] = [self.max_waiting, now, stamp, len(tasks)]
-        for task in tasks:
-            args += codec.enqueue_args(task)
+        args = [self.max_waiting, now, stamp, len(tasks), *codec.enqueue_args(tasks)]
         if len(tasks) >= OWN_CALL_TASKS:
             [answer] = await self._script("enqueue", *args)
         else:

@@ -1,9 +1,11 @@
 -- Store new tasks for several submitters in one call; each submitter's tasks are
 -- stored all or none: idempotency keys, the waiting bound, indexes.
 -- ARGV: [1] prefix, then one group per submitter: max_waiting, now, stamp (fresh,
--- random: tokens of tasks handed to parked workers), n, then 9 per task: id,
--- status (pending or scheduled), queue, rank, run_at, type, idempotency key
--- ('' = none), request hash, task JSON.
+-- random: tokens of tasks handed to parked workers), n, then its n tasks in runs
+-- of tasks that share all but id and JSON: count, status (pending or scheduled),
+-- queue, rank, run_at, type, idempotency key ('' = none), request hash, then
+-- count times id, task JSON. A batch of one type is one run: 2 arguments a task,
+-- not 9, for Redis to read and Lua to hold.
 -- Returns one answer per group: {'ok', {r1, r2, ...}} where r is {} for a created
 -- task, else the HGETALL of the task stored first under its key ({'ok', {}} when
 -- every task of the group was created); {'conflict', key}; or {'full', waiting}.
@@ -11,11 +13,11 @@
 -- and counter writes are one call per script call, whatever the number of
 -- submitters and tasks. A call of one task, pending into an empty queue, hands it
 -- to a parked worker without the ready set (hand_over below).
-local W = 9
+local RUN = 8  -- a run's count and shared fields, before its tasks
 local waiting, pending_before = waiting_count()
 local seq = tonumber(redis.call('HGET', COUNTS, 'seq') or '0')
 local ready, delayed, all, types, scheduled = {}, {}, {}, {}, 0
-local lone = #ARGV == 5 + W  -- the prefix, one submitter's 4, one task
+local lone = #ARGV == 5 + RUN + 2  -- the prefix, one submitter's 4, one run of one task
 local now, stamp  -- of the submitter being stored
 
 -- The first live park with a free slot that takes from `queue` (as each_park
@@ -50,13 +52,42 @@ local function hand_over(now, stamp, id, queue, doc, ...)
   return true
 end
 
+-- Walking a group's tasks: a task is its run (the ARGV index of the run's count),
+-- its slot (that of its id) and the slot of its run's last task. That last one
+-- comes from the count, read once per run and never for a lone task: tonumber is
+-- a strtod, about a thousand instructions. first_task gives the first task of the
+-- runs from ARGV[at]; next_task the one after a task that is not its group's last.
+local function first_task(at)
+  return at, at + RUN, nil
+end
+
+local function next_task(run, slot, last)
+  last = last or run + RUN + 2 * (tonumber(ARGV[run]) - 1)
+  if slot < last then
+    return run, slot + 2, last
+  end
+  return first_task(last + 2)
+end
+
+-- Where a refused group, whose n tasks start at ARGV[at], ends.
+local function skip(at, n)
+  while n > 0 do
+    local count = tonumber(ARGV[at])
+    n, at = n - count, at + RUN + 2 * count
+  end
+  return at
+end
+
 -- The tasks of one group that are already stored under their idempotency key
 -- (false for a fresh one), or nil and the refusal.
 local function check(at, n, max_waiting)
   local firsts, seen, fresh = {}, {}, 0
-  for i = 0, n - 1 do
-    local base = at + i * W
-    local key, hash = ARGV[base + 6], ARGV[base + 7]
+  local run, slot, last = first_task(at)
+  for i = 1, n do
+    if i > 1 then
+      run, slot, last = next_task(run, slot, last)
+    end
+    local key, hash = ARGV[run + 6], ARGV[run + 7]
     local first = false
     if key ~= '' then
       first = seen[key] or false  -- a key repeated in this group counts like a stored one
@@ -74,10 +105,10 @@ local function check(at, n, max_waiting)
     else
       fresh = fresh + 1
       if key ~= '' then
-        seen[key] = {id = ARGV[base], hash = hash}
+        seen[key] = {id = ARGV[slot], hash = hash}
       end
     end
-    firsts[#firsts + 1] = first
+    firsts[i] = first
   end
   if waiting + fresh > max_waiting then
     return nil, {'full', tostring(waiting)}
@@ -86,9 +117,9 @@ local function check(at, n, max_waiting)
   return firsts
 end
 
-local function store(base)
-  local id, status, queue, rank = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-  local key, doc = ARGV[base + 6], ARGV[base + 8]
+local function store(run, slot)
+  local id, doc = ARGV[slot], ARGV[slot + 1]
+  local status, queue, rank, key = ARGV[run + 1], ARGV[run + 2], ARGV[run + 3], ARGV[run + 6]
   seq = seq + 1
   local padded = pad16(seq)  -- one number-to-text conversion per task, not four
   local pending = status == 'pending'
@@ -104,17 +135,17 @@ local function store(base)
     end
   end
   if key ~= '' then
-    redis.call('HSET', task_key(id), 'h', ARGV[base + 7])
+    redis.call('HSET', task_key(id), 'h', ARGV[run + 7])
     redis.call('SET', P .. 'idem:' .. key, id)
   end
   if not pending then
-    delayed[#delayed + 1] = ARGV[base + 4]
+    delayed[#delayed + 1] = ARGV[run + 4]
     delayed[#delayed + 1] = id
     scheduled = scheduled + 1
   end
   all[#all + 1] = padded
   all[#all + 1] = id
-  types[ARGV[base + 5]] = (types[ARGV[base + 5]] or 0) + 1
+  types[ARGV[run + 5]] = (types[ARGV[run + 5]] or 0) + 1
 end
 
 local answers = {}
@@ -122,15 +153,19 @@ local at = 2
 while at <= #ARGV do
   local max_waiting, n = tonumber(ARGV[at]), tonumber(ARGV[at + 3])
   now, stamp = ARGV[at + 1], ARGV[at + 2]
-  local first_task = at + 4
-  local firsts, refusal = check(first_task, n, max_waiting)
+  local tasks_at = at + 4
+  local firsts, refusal = check(tasks_at, n, max_waiting)
   if firsts then
     local any_stored_before = false
+    local run, slot, last = first_task(tasks_at)
     for i, first in ipairs(firsts) do
+      if i > 1 then
+        run, slot, last = next_task(run, slot, last)
+      end
       if first then
         any_stored_before = true
       else
-        store(first_task + (i - 1) * W)
+        store(run, slot)
       end
     end
     local found = {}  -- empty when every task of the group is new
@@ -140,10 +175,11 @@ while at <= #ARGV do
       end
     end
     answers[#answers + 1] = {'ok', found}
+    at = slot + 2  -- after the group's last task
   else
     answers[#answers + 1] = refusal
+    at = skip(tasks_at, n)
   end
-  at = first_task + n * W
 end
 
 for queue, members in pairs(ready) do
