@@ -69,10 +69,13 @@ local FINAL = {completed = true, failed = true, cancelled = true}
 local CHUNK = 1000  -- members per variadic call, well under Lua's unpack limit
 local woke = false
 
--- Zero-padded to 16 digits; a text already 16 long (a padded seq) comes back as it is.
+-- Zero-padded to 16 digits; a text already 16 long (a padded seq) comes back as it
+-- is. One string.format, not tostring, rep and a concatenation: it runs per task.
 local function pad16(n)
-  local s = tostring(n)
-  return string.rep('0', 16 - #s) .. s
+  if type(n) == 'string' and #n == 16 then
+    return n
+  end
+  return string.format('%016d', n)
 end
 
 local function member(rank, seq, id)
