@@ -244,6 +244,22 @@ async def test_a_transition_computed_from_an_old_read_is_refused_as_stale(
     assert (await redis_backend.get(task.id)).status is TaskStatus.COMPLETED
 
 
+async def test_a_task_no_one_changed_since_its_submit_is_compared_as_rev_0(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, prefix: str
+) -> None:
+    """enqueue.lua stores no rev (one field fewer per submit): the first write made
+    from a read of it goes in, a second one made from the same read is stale."""
+    task = make(clock)
+    await redis_backend.enqueue([task])
+    assert not await raw.hexists(f"{{{prefix}}}:task:{task.id}", "rev")
+    found = await redis_backend._load(task.id)
+    assert found is not None
+    stored, rev = found
+    assert await redis_backend._store(stored.cancelled(clock.now()), rev) == "ok"
+    assert await redis_backend._store(stored.requeued(clock.now()), rev) == "stale"
+    assert (await redis_backend.get(task.id)).status is TaskStatus.CANCELLED
+
+
 OUTCOMES = {
     "completed": lambda task, now: task.completed({"ok": True}, now),
     "failed": lambda task, now: task.failed("boom", now),

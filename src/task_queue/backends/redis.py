@@ -450,7 +450,7 @@ class RedisBackend(Backend):
         """The stored task and its rev, or None."""
         key = f"{self._p}task:{task_id}"
         raw: dict[str, str] = await self._guard(lambda: self._client.hgetall(key))
-        return (codec.decode(raw), raw["rev"]) if raw else None
+        return (codec.decode(raw), raw.get("rev", "0")) if raw else None
 
     async def _load_many(self, ids: Sequence[str]) -> list[Task]:
         async def fetch() -> list[dict[str, str]]:

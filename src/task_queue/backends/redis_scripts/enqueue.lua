@@ -126,7 +126,7 @@ local function store(run, slot)
   if not (pending and lone and (pending_before[queue] or 0) == 0
       and hand_over(now, stamp, id, queue, doc, 'r', rank, 'seq', padded)) then
     redis.call('HSET', task_key(id), 'd', doc, 's', status, 'q', queue, 'r', rank,
-      'seq', padded, 'rev', '0')  -- no field table to unpack: a seventh of this script's cost
+      'seq', padded)  -- no field table to unpack: a seventh of this script's cost
     if pending then
       ready[queue] = ready[queue] or {}
       local members = ready[queue]

@@ -18,7 +18,8 @@
 --                      (enqueue stores seq zero-padded, as the member holds it;
 --                      tasks stored before that hold it bare: member pads either)
 --     rev  compare-and-set stamp: replaced by every write that a read-compute-write
---          in Python could race with (dequeue, finish, promote, store)
+--          in Python could race with (dequeue, finish, promote, store); absent
+--          until the first, which reads as '0' (one field fewer per submit)
 --     u    updated_at, when changed since d was written ('' = d's holds)
 --     p    progress JSON (kept across attempts; only a whole write with another
 --          value, or a requeue, replaces it)

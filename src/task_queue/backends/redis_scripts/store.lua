@@ -10,14 +10,14 @@
 -- it: read again and recompute) or 'full'.
 local id = ARGV[2]
 local key = task_key(id)
-local cur = redis.call('HMGET', key, 'rev', 's', 'q', 'r', 'seq')
+local cur = redis.call('HMGET', key, 's', 'rev', 'q', 'r', 'seq')
 if not cur[1] then
   return 'gone'
 end
-if cur[1] ~= ARGV[3] then
+if (cur[2] or '0') ~= ARGV[3] then
   return 'stale'
 end
-local old, status = cur[2], ARGV[6]
+local old, status = cur[1], ARGV[6]
 if status == 'running' then
   redis.call('HSET', key, 'c', ARGV[10], 'u', ARGV[12], 'rev', ARGV[4])
   return 'ok'
