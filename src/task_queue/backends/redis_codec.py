@@ -12,6 +12,7 @@ flag, each a field of its own (lib.lua lists them). `decode` lays those over
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +36,9 @@ def ready_rank(priority: int, run_at: float) -> str:
     return f"{level:02d}{max(0, round(run_at * 1_000_000)):016d}"
 
 
+_NULL_BY_DEFAULT = tuple(f.name for f in dataclasses.fields(Task) if f.default is None)
+
+
 def _plain(value: Any) -> Any:
     """A payload given as another Mapping than dict (orjson takes only dict)."""
     if isinstance(value, Mapping):
@@ -42,14 +46,18 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a task")
 
 
-def document(task: Task, *, without_nulls: bool = False) -> bytes:
+def document(task: Task) -> bytes:
     """The `d` field: the Task's fields by name; floats round-trip exactly through orjson.
 
-    `without_nulls` leaves out the fields that are None; Task.restore gives them back.
+    Fields that are None by default are left out while they are, and Task.restore
+    gives them back: 200 bytes of a new no-op task's 450. Redis copies a document
+    into Lua at the submit and again at the dequeue, at about 12 instructions a
+    byte, and keeps it while the task waits and for days after it ends.
     """
-    fields = task.__dict__
-    if without_nulls:
-        fields = {name: value for name, value in fields.items() if value is not None}
+    fields = task.__dict__.copy()
+    for name in _NULL_BY_DEFAULT:  # half the time of a comprehension over every field
+        if fields[name] is None:
+            del fields[name]
     return orjson.dumps(fields, default=_plain)
 
 
@@ -171,13 +179,10 @@ def _placed(task: Task) -> list[str | bytes]:
     """Status, rank, score and document: what a script needs to index a whole write.
 
     A final task never enters a ready set again without a new write, so it needs no
-    rank. It is kept for RESULT_TTL_SECONDS, days by default, so its document leaves
-    out the null fields: 200 bytes of a no-op task's 450. A task on its way keeps
-    them: leaving them out costs about 1.2 µs, and a submit is the hot path.
+    rank.
     """
-    final = task.status.is_final
-    rank = "" if final else ready_rank(task.priority, task.run_at)
-    return [task.status.value, rank, score(task), document(task, without_nulls=final)]
+    rank = "" if task.status.is_final else ready_rank(task.priority, task.run_at)
+    return [task.status.value, rank, score(task), document(task)]
 
 
 # A stored task as settled_over sees it when a cancel was asked and no progress is held.

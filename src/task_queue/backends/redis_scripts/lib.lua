@@ -10,7 +10,7 @@
 --   P..task:<id>       hash    one task, written whole by Python and touched by
 --                              the scripts only in the small fields:
 --     d    the task as Python last wrote it (JSON object of the Task fields, but
---          for a final task's null ones); only purge.lua decodes it and walk.lua
+--          for those null by default and now); only purge.lua decodes it and walk.lua
 --          searches it, both bounded by bytes: no script on a task's way from
 --          submit to result reads inside it
 --     s    status now (d's may be older: promote and dequeue change only s)
