@@ -1,0 +1,82 @@
+"""The client's work per batched submit, counted rather than timed: instructions under callgrind.
+
+    .venv/bin/python -m benchmarks.client_instructions [--batches 20]
+
+The other side of benchmarks/redis_instructions.py: there Redis's work per
+script call, here the Python process that submits. A batched submit from one
+process is bound by that process's CPU once Redis is fast enough, and its time
+on this shared VM swings by tens of per cent. This runs a submitter, calls of
+500 no-op tasks through AsyncClient against a throwaway redis-server (not under
+valgrind), under `valgrind --tool=callgrind` twice: BASE calls, then BASE +
+`--batches`. The difference over the extra tasks is one task's work, with the
+interpreter's start, the imports and the connection cancelled out. Counts
+repeat to about 1%. They leave out the kernel (system calls, page faults), so a
+change that trades Python for a system call is not seen whole here. About 2
+minutes; PYTHONPATH=<checkout>/src counts another commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.peers.run import start_redis
+
+BASE = 4
+BATCH = 500
+
+
+async def submit(url: str, batches: int) -> None:
+    import benchmarks.noop_tasks  # noqa: F401 - registers `noop`
+    from task_queue.backends.redis import RedisBackend
+    from task_queue.client import AsyncClient, TaskRequest
+    from task_queue.logs import configure
+
+    configure("warning", "text", None)
+    backend = RedisBackend(url, max_waiting=10**9, prefix=os.urandom(8).hex())
+    await backend.open()
+    client = AsyncClient(backend)
+    request = TaskRequest(type="noop")
+    for _ in range(batches):
+        await client.submit_requests([request] * BATCH)
+    await backend.close()
+
+
+def total(url: str, batches: int) -> int:
+    """Instructions of a submitter process making `batches` calls, from start to exit."""
+    with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
+        out = Path(scratch) / "callgrind.out"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+        argv += ["-m", "benchmarks.client_instructions", "--submitter", url, str(batches)]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in both runs
+        subprocess.run(argv, check=True, capture_output=True, env=env)
+        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
+        if found is None:
+            raise SystemExit(f"no totals in {out}")
+        return int(found[1])
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--submitter"]:
+        asyncio.run(submit(sys.argv[2], int(sys.argv[3])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=20)
+    args = parser.parse_args()
+    server, url = start_redis()
+    try:
+        base, more = total(url, BASE), total(url, BASE + args.batches)
+    finally:
+        server.kill()
+    per_task = (more - base) / (args.batches * BATCH)
+    print(f"client instructions per batched task (callgrind; calls of {BATCH}): {per_task:,.0f}")
+
+
+if __name__ == "__main__":
+    main()
