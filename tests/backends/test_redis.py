@@ -163,28 +163,38 @@ async def test_a_batch_is_stored_task_by_task_whatever_runs_it_is_sent_in(
     redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, prefix: str
 ) -> None:
     """enqueue.lua takes tasks in a row that share every field but id and JSON as one
-    run: here runs of one and of several, broken by a type, a priority, a key and a delay."""
+    run: here runs of one and of several, each broken by one field alone (type,
+    priority, queue, key, run_at)."""
+
+    def other(priority: int, **options: object) -> Task:
+        return Task.new("other", {}, now=clock.now(), priority=priority, **options)
+
     batch = [
         make(clock),
         make(clock),
-        Task.new("other", {}, now=clock.now()),
-        *(make(clock, 5) for _ in range(3)),
-        make(clock, idempotency_key="k", request_hash="h"),
-        make(clock),
-        make(clock, run_at=clock.now() + 60),
-        make(clock),
+        other(0),
+        other(5),
+        other(5),
+        other(5, queue="q2"),
+        other(5, queue="q2", idempotency_key="k", request_hash="h"),
+        other(5, queue="q2", idempotency_key="k2", request_hash="h"),
+        other(5, queue="q2", run_at=clock.now() + 60),
+        other(5, queue="q2", run_at=clock.now() + 120),
+        other(5, queue="q2"),
     ]
     await redis_backend.enqueue(batch)
     assert [await redis_backend.get(t.id) for t in batch] == batch
     # whole as read, though no document holds a null: Task.restore gives them back
     docs = [await raw.hget(f"{{{prefix}}}:task:{t.id}", "d") for t in batch]
     assert not [doc for doc in docs if ":null" in doc]
-    taken = await redis_backend.dequeue(["default"], 10, worker_id="w", lease_seconds=LEASE)
-    assert [t.id for t in taken] == [t.id for t in batch[3:6] + batch[:3] + batch[6:8] + batch[9:]]
+    delayed = await raw.zrange(f"{{{prefix}}}:delayed", 0, -1, withscores=True)
+    assert delayed == [(t.id, t.run_at) for t in batch[8:10]]
     stats = await redis_backend.stats()
-    assert stats.by_type == {"noop": 9, "other": 1}
-    assert stats.by_status == {"running": 9, "scheduled": 1}
-    [again] = await redis_backend.enqueue([make(clock, idempotency_key="k", request_hash="h")])
+    assert stats.by_type == {"noop": 2, "other": 9}
+    assert stats.pending_by_queue == {"default": 5, "q2": 4}
+    taken = await redis_backend.dequeue(["default", "q2"], 11, worker_id="w", lease_seconds=LEASE)
+    assert [t.id for t in taken] == [t.id for t in [*batch[3:8], batch[10], *batch[:3]]]
+    [again] = await redis_backend.enqueue([other(5, idempotency_key="k", request_hash="h")])
     assert again.task.id == batch[6].id
 
 
