@@ -20,24 +20,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import benchmarks.noop_tasks  # noqa: F401 - registers `noop`
 from benchmarks.peers.run import start_redis
+from benchmarks.redis_instructions import callgrind, counted
+from benchmarks.scratch_redis import BATCH
+from task_queue.backends.redis import RedisBackend
+from task_queue.client import AsyncClient, TaskRequest
+from task_queue.logs import configure
 
 BASE = 4
-BATCH = 500
 
 
 async def submit(url: str, batches: int) -> None:
-    import benchmarks.noop_tasks  # noqa: F401 - registers `noop`
-    from task_queue.backends.redis import RedisBackend
-    from task_queue.client import AsyncClient, TaskRequest
-    from task_queue.logs import configure
-
     configure("warning", "text", None)
     backend = RedisBackend(url, max_waiting=10**9, prefix=os.urandom(8).hex())
     await backend.open()
@@ -52,14 +51,11 @@ def total(url: str, batches: int) -> int:
     """Instructions of a submitter process making `batches` calls, from start to exit."""
     with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
         out = Path(scratch) / "callgrind.out"
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
-        argv += ["-m", "benchmarks.client_instructions", "--submitter", url, str(batches)]
+        argv = [*callgrind(out), sys.executable, "-m", "benchmarks.client_instructions"]
+        argv += ["--submitter", url, str(batches)]
         env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in both runs
         subprocess.run(argv, check=True, capture_output=True, env=env)
-        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
-        if found is None:
-            raise SystemExit(f"no totals in {out}")
-        return int(found[1])
+        return counted(out)
 
 
 def main() -> None:

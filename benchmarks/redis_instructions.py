@@ -33,6 +33,7 @@ from pathlib import Path
 
 import benchmarks.noop_tasks  # noqa: F401 - registers `noop`
 from benchmarks.peers.run import start_redis
+from benchmarks.scratch_redis import BATCH
 from task_queue.backends.base import WorkerInfo
 from task_queue.backends.redis import RedisBackend
 from task_queue.logs import configure
@@ -74,10 +75,10 @@ async def heartbeat(backend: RedisBackend, calls: int) -> None:
 
 
 async def batch(backend: RedisBackend, tasks: int) -> None:
-    for first in range(0, tasks, 500):
+    for first in range(0, tasks, BATCH):
         now = time.time()
         await backend.enqueue(
-            [Task.new("noop", {}, now=now) for _ in range(min(500, tasks - first))]
+            [Task.new("noop", {}, now=now) for _ in range(min(BATCH, tasks - first))]
         )
 
 
@@ -101,11 +102,24 @@ WORKLOADS: dict[str, Callable[[RedisBackend, int], Awaitable[None]]] = {
 }
 
 
+def callgrind(out: Path) -> list[str]:
+    """The command that runs a program under callgrind, its counts written to `out`."""
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+
+
+def counted(out: Path) -> int:
+    """The instructions a callgrind run wrote to `out`: its program's whole run."""
+    found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"no totals in {out}")
+    return int(found[1])
+
+
 async def total(workload: Callable[[RedisBackend, int], Awaitable[None]], calls: int) -> int:
     """Instructions redis-server executed, from start to shutdown, around `calls` calls."""
     with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
         out = Path(scratch) / "callgrind.out"
-        server, url = start_redis(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        server, url = start_redis(callgrind(out))
         backend = RedisBackend(url, max_waiting=10**9)
         await backend.open()
         try:
@@ -114,10 +128,7 @@ async def total(workload: Callable[[RedisBackend, int], Awaitable[None]], calls:
         finally:
             await backend.close()
             server.wait()
-        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
-        if found is None:
-            raise SystemExit(f"no totals in {out}")
-        return int(found[1])
+        return counted(out)
 
 
 def main() -> None:
