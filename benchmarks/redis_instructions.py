@@ -8,7 +8,7 @@ workload this starts `valgrind --tool=callgrind redis-server` on a free port,
 makes BASE calls, or BASE + `--calls`, through RedisBackend, shuts the server
 down and reads its total: the difference over `--calls` is one call's work, with
 start-up, script loading and the workload's set-up cancelled out. Needs valgrind
-(Debian's package). The six workloads take about 25 s.
+(Debian's package). The seven workloads take about 30 s.
 
 - submit: a lone submit handed to a parked worker, the path that decides how
   soon a quiet queue starts a task;
@@ -17,7 +17,10 @@ start-up, script loading and the workload's set-up cancelled out. Needs valgrind
 - heartbeat: a worker's heartbeat holding no lease;
 - batch: per task, submits of 500 at a time (a batched submit);
 - drain: per task, submits of 500 at a time, dequeues of 10, and each ten's
-  finishes gathered in one tick, as a busy worker sends them.
+  finishes gathered in one tick, as a busy worker sends them;
+- crowd: the drain's calls with IN_FLIGHT leases held throughout, as several
+  busy workers hold them: what a lease and a finish cost grows with the leases
+  in flight while P..leased is small enough to be a listpack (128).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ LEASE = 30.0
 # The submit workload's one park takes this many tasks in every run, so that its
 # cost cancels out like the rest of the set-up.
 PARK_SLOTS = 20_000
+# The crowd workload's leases in flight: five workers of WORKER_COUNT 10, busy.
+IN_FLIGHT = 50
 
 
 async def submit(backend: RedisBackend, calls: int) -> None:
@@ -92,6 +97,19 @@ async def drain(backend: RedisBackend, tasks: int) -> None:
         )
 
 
+async def crowd(backend: RedisBackend, tasks: int) -> None:
+    await batch(backend, tasks + IN_FLIGHT)
+    held: list[Task] = []
+    for _ in range(0, tasks + IN_FLIGHT, 10):
+        held += await backend.dequeue(["default"], 10, worker_id="w", lease_seconds=LEASE)
+        if len(held) > IN_FLIGHT:
+            done, held = held[:10], held[10:]
+            now = time.time()
+            await asyncio.gather(
+                *(backend.finish(t.completed(None, now), t.lease_token or "") for t in done)
+            )
+
+
 WORKLOADS: dict[str, Callable[[RedisBackend, int], Awaitable[None]]] = {
     "submit": submit,
     "park": park,
@@ -99,6 +117,7 @@ WORKLOADS: dict[str, Callable[[RedisBackend, int], Awaitable[None]]] = {
     "heartbeat": heartbeat,
     "batch": batch,
     "drain": drain,
+    "crowd": crowd,
 }
 
 

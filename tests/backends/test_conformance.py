@@ -148,6 +148,20 @@ async def test_expired_lease_is_found_and_recovered(backend: Backend, clock: Man
     assert again.worker_id == "alive"
 
 
+async def test_a_lease_reads_as_expired_from_the_moment_it_ends_and_not_before(
+    backend: Backend, clock: ManualClock
+) -> None:
+    """To the microsecond, as Redis keeps the ends of leases."""
+    await backend.enqueue([make(clock)])
+    [task] = await take(backend)
+    tick = 2.0**-20  # under a microsecond, and exact in a float at the clock's times
+    clock.advance(LEASE - tick)
+    assert await backend.expired(10) == []
+    clock.advance(tick)
+    assert clock.now() == task.lease_expires_at
+    assert [t.id for t in await backend.expired(10)] == [task.id]
+
+
 async def test_stale_lease_cannot_overwrite_the_new_owner(
     backend: Backend, clock: ManualClock
 ) -> None:

@@ -22,7 +22,7 @@ from task_queue import client as client_module
 from task_queue._clock import ManualClock
 from task_queue.backends import redis as redis_backend_module
 from task_queue.backends import redis_codec as codec
-from task_queue.backends.base import Page, TaskFilter
+from task_queue.backends.base import Page, TaskFilter, WorkerInfo
 from task_queue.backends.redis import (
     OWN_CALL_TASKS,
     PARK_SECONDS,
@@ -935,6 +935,31 @@ async def test_a_lone_task_handed_over_is_stored_leased_like_one_dequeued(
     assert (await redis_backend.stats()).by_status == {"running": 2}
     await redis_backend.finish(handed.completed(None, clock.now()), handed.lease_token or "")
     assert (await redis_backend.get(task.id)).status is TaskStatus.COMPLETED
+
+
+async def test_every_lease_is_scored_in_whole_microseconds_however_it_was_taken(
+    redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, prefix: str
+) -> None:
+    """Integer scores keep a small P..leased, a listpack, from parsing a decimal per
+    lease in flight on every ZADD (lib.lua's lease_until says more)."""
+    handing = await park(redis_backend, "handed")
+    await redis_backend.enqueue([make(clock)])  # alone: handed over by the submit
+    [handed] = await asyncio.wait_for(handing, 5)
+    clock.advance(0.25)
+    feeding = await park(redis_backend, "fed")
+    await redis_backend.enqueue([make(clock), make(clock)])  # two: fed, one stays pending
+    [fed] = await asyncio.wait_for(feeding, 5)
+    clock.advance(0.25)
+    [taken] = await redis_backend.dequeue(["default"], 1, worker_id="taker", lease_seconds=LEASE)
+    leases = {t.id: t.lease_expires_at or 0.0 for t in (handed, fed, taken)}
+    assert len(set(leases.values())) == 3
+    scores = dict(await raw.zrange(f"{{{prefix}}}:leased", 0, -1, withscores=True))
+    assert scores == {id: codec.lease_score(end) for id, end in leases.items()}
+    clock.advance(0.25)
+    worker = WorkerInfo("taker", "host", 1, ["default"], 1, clock.now())
+    await redis_backend.heartbeat(worker, {taken.id: taken.lease_token or ""}, LEASE)
+    extended = await raw.zscore(f"{{{prefix}}}:leased", taken.id)
+    assert extended == codec.lease_score(clock.now() + LEASE)
 
 
 async def test_a_lone_task_is_not_handed_over_ahead_of_a_pending_one_no_submit_fed(

@@ -589,11 +589,12 @@ class RedisBackend(Backend):
         now = self.clock.now()
         names = list(dict.fromkeys(queues))  # a name twice would pop a stale head
         tokens = [new_lease_token() for _ in range(limit)]
+        expires = now + lease_seconds
         args = [
-            *(repr(now), repr(now + lease_seconds), worker_id, limit, new_lease_token()),
-            *(repr(lease_seconds), parked_until, len(names), *names, *tokens),
+            *(repr(now), repr(expires), codec.lease_score(expires), worker_id, limit),
+            *(new_lease_token(), repr(lease_seconds), parked_until, len(names), *names, *tokens),
         ]
-        return _Lease(worker_id, now, now + lease_seconds, tokens, args)
+        return _Lease(worker_id, now, expires, tokens, args)
 
     def _script_call(self, name: str, args: Sequence[Any]) -> tuple[Any, ...]:
         # EVALSHA as a plain command, not evalsha(): redis-py blocks that on cluster
@@ -675,8 +676,9 @@ class RedisBackend(Backend):
         worker.last_heartbeat = now
         held = [item for pair in leases.items() for item in pair]
         doc = orjson.dumps(dataclasses.asdict(worker))
+        expires = now + lease_seconds
         lost, cancel = await self._script(
-            "heartbeat", worker.id, doc, repr(now + lease_seconds), *held
+            "heartbeat", worker.id, doc, repr(expires), codec.lease_score(expires), *held
         )
         return LeaseReport(frozenset(lost), frozenset(cancel))
 
@@ -700,7 +702,7 @@ class RedisBackend(Backend):
         return found[0]
 
     async def expired(self, limit: int) -> list[Task]:
-        now = self.clock.now()
+        now = codec.lease_score(self.clock.now())
         key = f"{self._p}leased"
         ids: list[str] = await self._guard(
             lambda: self._client.zrangebyscore(key, "-inf", now, start=0, num=limit)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,13 @@ def ready_rank(priority: int, run_at: float) -> str:
     """
     level = 10 - max(0, min(10, priority))
     return f"{level:02d}{max(0, round(run_at * 1_000_000)):016d}"
+
+
+def lease_score(moment: float) -> int:
+    """A moment as P..leased scores it, in whole microseconds (lib.lua's lease_until
+    says why): the same arithmetic as there, so a lease that ends at `now` reads as
+    expired at `now`."""
+    return math.floor(moment * 1e6 + 0.5)
 
 
 _NULL_BY_DEFAULT = tuple(f.name for f in dataclasses.fields(Task) if f.default is None)

@@ -44,9 +44,9 @@ local function hand_over(now, stamp, id, queue, doc, ...)
   if not park then
     return false
   end
-  local token, expires = stamp .. '.1', lease_until(now, park.seconds)
+  local token, expires, score = stamp .. '.1', lease_until(now, park.seconds)
   lease_one(task_key(id), token, now, expires, park.worker, 'd', doc, 'q', queue, ...)
-  redis.call('ZADD', P .. 'leased', expires, id)
+  redis.call('ZADD', P .. 'leased', score, id)
   deliver(park.worker, {inbox_item(token, expires, now, '', '', doc)})
   count_off(park, 1)
   return true

@@ -1,10 +1,11 @@
 -- Record a worker as alive and extend the leases it still holds.
 -- ARGV: [1] prefix, [2] worker id, [3] WorkerInfo JSON, [4] new lease expiry,
--- [5..] task id, token pairs. Returns {lost ids, ids whose cancel was asked}.
+-- [5] its score in P..leased (lib.lua's lease_until), [6..] task id, token pairs.
+-- Returns {lost ids, ids whose cancel was asked}.
 redis.call('HSET', P .. 'workers', ARGV[2], ARGV[3])
-local expires = ARGV[4]
+local expires, score = ARGV[4], ARGV[5]
 local lost, cancel, leased = {}, {}, {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local key = task_key(id)
   local f = redis.call('HMGET', key, 'l', 'c')
@@ -12,7 +13,7 @@ for i = 5, #ARGV, 2 do
     lost[#lost + 1] = id
   else
     redis.call('HSET', key, 'x', expires)
-    leased[#leased + 1] = expires
+    leased[#leased + 1] = score
     leased[#leased + 1] = id
     if f[2] == '1' then
       cancel[#cancel + 1] = id

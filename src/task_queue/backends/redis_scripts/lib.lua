@@ -38,7 +38,8 @@
 --   P..queues          set     the queues with ready tasks, and those emptied since
 --                              the last submit (dequeue from "all queues")
 --   P..delayed         zset    scheduled + retrying tasks, score run_at (seconds)
---   P..leased          zset    running tasks, score lease_expires_at (seconds)
+--   P..leased          zset    running tasks, score lease_expires_at in whole
+--                              microseconds (lease_until says why)
 --   P..final:<status>  zset    completed / failed / cancelled, score completed_at
 --   P..all             zset    every task, score seq (listing, cursors)
 --   P..idem:<key>      string  id of the task submitted with this idempotency key
@@ -265,15 +266,16 @@ local function lease_one(key, token, now, expires, worker, ...)
     'u', now, 'rev', token, ...)
 end
 
--- Lease the popped tasks to `worker`, the i-th with tokens[i]. Returns {d, p, c}
+-- Lease the popped tasks to `worker`, the i-th with tokens[i], until `expires`
+-- (score: its score in P..leased, lease_until's second value). Returns {d, p, c}
 -- of each task.
-local function lease(ids, tokens, now, expires, worker)
+local function lease(ids, tokens, now, expires, score, worker)
   local taken, leased = {}, {}
   for i, id in ipairs(ids) do
     local key, token = task_key(id), tokens[i]
     lease_one(key, token, now, expires, worker)
     taken[i] = redis.call('HMGET', key, 'd', 'p', 'c')
-    leased[#leased + 1] = expires
+    leased[#leased + 1] = score
     leased[#leased + 1] = id
   end
   if #leased > 0 then
@@ -285,9 +287,15 @@ end
 local PARKS = P .. 'parks'
 local KEEP_INBOX = 600  -- seconds the inbox of a worker that vanished while parked stays
 
--- When a lease taken at `now` for `seconds` (text, as parks store them) runs out.
+-- When a lease taken at `now` for `seconds` (text, as parks store them) runs out:
+-- as the task's x holds it, and as its score in P..leased, in whole microseconds.
+-- An integer score is for the zset's listpack (up to 128 members), which ZADD
+-- walks to the new member's place reading every score on the way: a strtod each
+-- when they are decimal text, nothing when they are integers. A new lease sorts
+-- last, so it walks past every lease in flight. redis_codec.lease_score is the same.
 local function lease_until(now, seconds)
-  return string.format('%.6f', tonumber(now) + tonumber(seconds))
+  local at = tonumber(now) + tonumber(seconds)
+  return string.format('%.6f', at), string.format('%d', math.floor(at * 1e6 + 0.5))
 end
 
 -- One task handed to a parked worker, as its inbox holds it (c, p: '' when absent).
@@ -394,9 +402,9 @@ local function feed(now, stamp)
         tokens[k] = stamp .. '.' .. (handed + k)
       end
       handed = handed + #ids
-      local expires = lease_until(now, park.seconds)
+      local expires, score = lease_until(now, park.seconds)
       local items = {}
-      for k, found in ipairs(lease(ids, tokens, now, expires, park.worker)) do
+      for k, found in ipairs(lease(ids, tokens, now, expires, score, park.worker)) do
         items[k] = inbox_item(tokens[k], expires, now, found[3], found[2], found[1])
       end
       deliver(park.worker, items)
