@@ -188,7 +188,7 @@ async def test_a_batch_is_stored_task_by_task_whatever_runs_it_is_sent_in(
     docs = [await raw.hget(f"{{{prefix}}}:task:{t.id}", "d") for t in batch]
     assert not [doc for doc in docs if ":null" in doc]
     delayed = await raw.zrange(f"{{{prefix}}}:delayed", 0, -1, withscores=True)
-    assert delayed == [(t.id, t.run_at) for t in batch[8:10]]
+    assert delayed == [(t.id, codec.moment_score(t.run_at)) for t in batch[8:10]]
     stats = await redis_backend.stats()
     assert stats.by_type == {"noop": 2, "other": 9}
     assert stats.pending_by_queue == {"default": 5, "q2": 4}
@@ -937,11 +937,16 @@ async def test_a_lone_task_handed_over_is_stored_leased_like_one_dequeued(
     assert (await redis_backend.get(task.id)).status is TaskStatus.COMPLETED
 
 
-async def test_every_lease_is_scored_in_whole_microseconds_however_it_was_taken(
+async def test_every_moment_a_zset_holds_is_a_whole_microsecond_however_it_got_there(
     redis_backend: RedisBackend, raw: aioredis.Redis, clock: ManualClock, prefix: str
 ) -> None:
-    """Integer scores keep a small P..leased, a listpack, from parsing a decimal per
-    lease in flight on every ZADD (lib.lua's lease_until says more)."""
+    """Integer scores keep a small zset, a listpack, from parsing a decimal per member
+    on every ZADD (lib.lua says more): leases by a dequeue, a hand-over, a feed and a
+    heartbeat; run_at by a submit and a retry; completed_at by a finish."""
+
+    async def scores(index: str) -> dict[str, float]:
+        return dict(await raw.zrange(f"{{{prefix}}}:{index}", 0, -1, withscores=True))
+
     handing = await park(redis_backend, "handed")
     await redis_backend.enqueue([make(clock)])  # alone: handed over by the submit
     [handed] = await asyncio.wait_for(handing, 5)
@@ -953,13 +958,22 @@ async def test_every_lease_is_scored_in_whole_microseconds_however_it_was_taken(
     [taken] = await redis_backend.dequeue(["default"], 1, worker_id="taker", lease_seconds=LEASE)
     leases = {t.id: t.lease_expires_at or 0.0 for t in (handed, fed, taken)}
     assert len(set(leases.values())) == 3
-    scores = dict(await raw.zrange(f"{{{prefix}}}:leased", 0, -1, withscores=True))
-    assert scores == {id: codec.lease_score(end) for id, end in leases.items()}
+    assert await scores("leased") == {id: codec.moment_score(end) for id, end in leases.items()}
     clock.advance(0.25)
     worker = WorkerInfo("taker", "host", 1, ["default"], 1, clock.now())
     await redis_backend.heartbeat(worker, {taken.id: taken.lease_token or ""}, LEASE)
-    extended = await raw.zscore(f"{{{prefix}}}:leased", taken.id)
-    assert extended == codec.lease_score(clock.now() + LEASE)
+    assert (await scores("leased"))[taken.id] == codec.moment_score(clock.now() + LEASE)
+    later = make(clock, run_at=clock.now() + 60.5)
+    await redis_backend.enqueue([later])
+    retry = fed.retrying("boom", clock.now(), 7.25)
+    await redis_backend.finish(retry, fed.lease_token or "")
+    done = taken.completed(None, clock.now())
+    await redis_backend.finish(done, taken.lease_token or "")
+    assert await scores("delayed") == {
+        later.id: codec.moment_score(later.run_at),
+        fed.id: codec.moment_score(retry.run_at),
+    }
+    assert await scores("final:completed") == {taken.id: codec.moment_score(clock.now())}
 
 
 async def test_a_lone_task_is_not_handed_over_ahead_of_a_pending_one_no_submit_fed(

@@ -574,7 +574,7 @@ class RedisBackend(Backend):
         # worker starts the new tasks. A busy worker's gathers with them: it has
         # tasks to run meanwhile, and fewer, bigger dequeues cost it less.
         handed, taken, due = await self._batcher.call("dequeue", lease.args, ahead=idle)
-        self._next_due = float(due) if due else None
+        self._next_due = codec.score_moment(due) if due else None
         return lease.tasks(handed, taken)
 
     def _lease(
@@ -591,8 +591,9 @@ class RedisBackend(Backend):
         tokens = [new_lease_token() for _ in range(limit)]
         expires = now + lease_seconds
         args = [
-            *(repr(now), repr(expires), codec.lease_score(expires), worker_id, limit),
-            *(new_lease_token(), repr(lease_seconds), parked_until, len(names), *names, *tokens),
+            *(repr(now), codec.moment_score(now), repr(expires), codec.moment_score(expires)),
+            *(worker_id, limit, new_lease_token(), repr(lease_seconds), parked_until),
+            *(len(names), *names, *tokens),
         ]
         return _Lease(worker_id, now, expires, tokens, args)
 
@@ -662,9 +663,10 @@ class RedisBackend(Backend):
             raise LeaseLost(f"task {task_id} is no longer leased with this token")
 
     async def promote_due(self) -> int:
-        now, total = repr(self.clock.now()), 0
+        now, total = self.clock.now(), 0
+        due = (repr(now), codec.moment_score(now))
         while True:
-            count = int(await self._script("promote", now, PROMOTE_BATCH, new_lease_token()))
+            count = int(await self._script("promote", *due, PROMOTE_BATCH, new_lease_token()))
             total += count
             if count < PROMOTE_BATCH:
                 return total
@@ -678,7 +680,7 @@ class RedisBackend(Backend):
         doc = orjson.dumps(dataclasses.asdict(worker))
         expires = now + lease_seconds
         lost, cancel = await self._script(
-            "heartbeat", worker.id, doc, repr(expires), codec.lease_score(expires), *held
+            "heartbeat", worker.id, doc, repr(expires), codec.moment_score(expires), *held
         )
         return LeaseReport(frozenset(lost), frozenset(cancel))
 
@@ -686,9 +688,9 @@ class RedisBackend(Backend):
         await self._guard(lambda: self._client.hdel(f"{self._p}workers", worker_id))
 
     async def purge_finished(self, before: float) -> int:
-        total = 0
+        total, until = 0, codec.moment_score(before)
         while True:
-            count, bounded = await self._script("purge", repr(before), PURGE_BATCH, PURGE_BYTES)
+            count, bounded = await self._script("purge", until, PURGE_BATCH, PURGE_BYTES)
             total += int(count)
             if not bounded:
                 return total
@@ -702,7 +704,7 @@ class RedisBackend(Backend):
         return found[0]
 
     async def expired(self, limit: int) -> list[Task]:
-        now = codec.lease_score(self.clock.now())
+        now = codec.moment_score(self.clock.now())
         key = f"{self._p}leased"
         ids: list[str] = await self._guard(
             lambda: self._client.zrangebyscore(key, "-inf", now, start=0, num=limit)
@@ -729,7 +731,7 @@ class RedisBackend(Backend):
         return (await self.stats()).waiting
 
     async def stats(self) -> QueueStats:
-        horizon = repr(self.clock.now() - 60.0)
+        horizon = codec.moment_score(self.clock.now() - 60.0)
         statuses, flat, completed, failed, queues = await self._script("stats", horizon)
         by_status = {k: int(v) for k, v in codec.pairs(statuses).items() if int(v)}
         counts = codec.pairs(flat)
@@ -779,7 +781,7 @@ class RedisBackend(Backend):
         elif isinstance(parked, Exception):
             raise parked
         else:
-            self._next_due = float(parked[2]) if parked[2] else None
+            self._next_due = codec.score_moment(parked[2]) if parked[2] else None
             tasks = lease.tasks(parked[0], parked[1]) + tasks
         return tasks
 

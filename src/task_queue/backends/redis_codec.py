@@ -37,11 +37,17 @@ def ready_rank(priority: int, run_at: float) -> str:
     return f"{level:02d}{max(0, round(run_at * 1_000_000)):016d}"
 
 
-def lease_score(moment: float) -> int:
-    """A moment as P..leased scores it, in whole microseconds (lib.lua's lease_until
-    says why): the same arithmetic as there, so a lease that ends at `now` reads as
-    expired at `now`."""
+def moment_score(moment: float) -> int:
+    """A moment as the zsets scored by time hold it: whole microseconds, an integer,
+    which a small zset's listpack reads without a strtod (lib.lua says more).
+    lib.lua's lease_until does the same arithmetic, and a moment and `now` that
+    are equal give equal scores: a lease that ends at `now` has expired at `now`."""
     return math.floor(moment * 1e6 + 0.5)
+
+
+def score_moment(score: str) -> float:
+    """The moment a score holds, in seconds."""
+    return float(score) / 1e6
 
 
 _NULL_BY_DEFAULT = tuple(f.name for f in dataclasses.fields(Task) if f.default is None)
@@ -83,7 +89,7 @@ def json_or_empty(value: Any) -> bytes:
 def score(task: Task) -> str:
     """Where the task sits in its index: completed_at when final, else run_at."""
     moment = task.completed_at if task.status.is_final else task.run_at
-    return repr(moment if moment is not None else task.run_at)
+    return str(moment_score(moment if moment is not None else task.run_at))
 
 
 def decode(raw: Mapping[str, str]) -> Task:
@@ -185,7 +191,7 @@ def enqueue_args(tasks: Sequence[Task]) -> list[Any]:
                 task.status.value,
                 task.queue,
                 ready_rank(task.priority, task.run_at),
-                repr(task.run_at),
+                moment_score(task.run_at),
                 task.type,
                 task.idempotency_key or "",
                 task.request_hash or "",

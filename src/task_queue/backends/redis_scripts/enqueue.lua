@@ -3,7 +3,8 @@
 -- ARGV: [1] prefix, then one group per submitter: max_waiting, now, stamp (fresh,
 -- random: tokens of tasks handed to parked workers), n, then its n tasks in runs
 -- of tasks that share all but id and JSON: count, status (pending or scheduled),
--- queue, rank, run_at, type, idempotency key ('' = none), request hash, then
+-- queue, rank, run_at as a score (lib.lua: whole microseconds), type,
+-- idempotency key ('' = none), request hash, then
 -- count times id, task JSON. A batch of one type is one run: 2 arguments a task,
 -- not 9, for Redis to read and Lua to hold.
 -- Returns one answer per group: {'ok', {r1, r2, ...}} where r is {} for a created

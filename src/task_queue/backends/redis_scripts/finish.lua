@@ -5,7 +5,8 @@
 --   * progress is written only when the outcome carries a value, so a stored
 --     progress stays otherwise.
 -- ARGV: [1] prefix, then 11 per outcome: id, lease token that must still hold
--- the lease, status, rank, score (run_at when delayed, completed_at when final),
+-- the lease, status, rank, score (run_at when delayed, completed_at when final;
+-- lib.lua: whole microseconds),
 -- task JSON, the same four for the cancelled variant ('' when the outcome is
 -- final), progress JSON ('' = keep the stored one).
 -- Returns one 1 (stored) or 0 (the token lost the lease) per outcome.

@@ -1,6 +1,6 @@
 -- Record a worker as alive and extend the leases it still holds.
 -- ARGV: [1] prefix, [2] worker id, [3] WorkerInfo JSON, [4] new lease expiry,
--- [5] its score in P..leased (lib.lua's lease_until), [6..] task id, token pairs.
+-- [5] it as a score (lib.lua: whole microseconds), [6..] task id, token pairs.
 -- Returns {lost ids, ids whose cancel was asked}.
 redis.call('HSET', P .. 'workers', ARGV[2], ARGV[3])
 local expires, score = ARGV[4], ARGV[5]

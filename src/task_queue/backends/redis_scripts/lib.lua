@@ -37,10 +37,11 @@
 --                              first submitted: the contract's order, exactly.
 --   P..queues          set     the queues with ready tasks, and those emptied since
 --                              the last submit (dequeue from "all queues")
---   P..delayed         zset    scheduled + retrying tasks, score run_at (seconds)
---   P..leased          zset    running tasks, score lease_expires_at in whole
---                              microseconds (lease_until says why)
+--   P..delayed         zset    scheduled + retrying tasks, score run_at
+--   P..leased          zset    running tasks, score lease_expires_at
 --   P..final:<status>  zset    completed / failed / cancelled, score completed_at
+--                              (these three scores are moments in whole
+--                              microseconds: integers, see below)
 --   P..all             zset    every task, score seq (listing, cursors)
 --   P..idem:<key>      string  id of the task submitted with this idempotency key
 --   P..counts          hash    seq, processed, failed, type:<t>, and
@@ -62,6 +63,14 @@
 --                              published by finish.lua and store.lua for waits
 --
 -- Time never comes from Redis: callers pass `now` (the injected clock).
+--
+-- A zset scored by a moment holds it in whole microseconds, an integer
+-- (redis_codec.moment_score; lease_until here). A zset of up to 128 members is a
+-- listpack, and ZADD walks it to the new member's place reading every score on
+-- the way: a strtod each when scores are decimal text, nothing when they are
+-- integers. A new lease, retry or final task sorts last, so each insert reads
+-- every member's score: with 50 leases in flight, decimal scores cost a quarter
+-- of Redis's work per task.
 
 local P = ARGV[1]
 local COUNTS = P .. 'counts'
@@ -186,9 +195,9 @@ end
 
 -- Due scheduled and retrying tasks become pending, as Task.promoted(now) does:
 -- only status and updated_at change. At most `limit` per call, to bound the
--- script; `stamp` makes each promoted task's rev new.
-local function promote_due(now, limit, stamp)
-  local ids = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
+-- script; `stamp` makes each promoted task's rev new. `due`: now as a score.
+local function promote_due(now, due, limit, stamp)
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', due, 'LIMIT', 0, limit)
   if #ids == 0 then
     return 0
   end
@@ -267,7 +276,7 @@ local function lease_one(key, token, now, expires, worker, ...)
 end
 
 -- Lease the popped tasks to `worker`, the i-th with tokens[i], until `expires`
--- (score: its score in P..leased, lease_until's second value). Returns {d, p, c}
+-- (score: the same as a score, lease_until's second value). Returns {d, p, c}
 -- of each task.
 local function lease(ids, tokens, now, expires, score, worker)
   local taken, leased = {}, {}
@@ -288,11 +297,8 @@ local PARKS = P .. 'parks'
 local KEEP_INBOX = 600  -- seconds the inbox of a worker that vanished while parked stays
 
 -- When a lease taken at `now` for `seconds` (text, as parks store them) runs out:
--- as the task's x holds it, and as its score in P..leased, in whole microseconds.
--- An integer score is for the zset's listpack (up to 128 members), which ZADD
--- walks to the new member's place reading every score on the way: a strtod each
--- when they are decimal text, nothing when they are integers. A new lease sorts
--- last, so it walks past every lease in flight. redis_codec.lease_score is the same.
+-- as the task's x holds it, and as its score in P..leased (whole microseconds,
+-- as redis_codec.moment_score computes them).
 local function lease_until(now, seconds)
   local at = tonumber(now) + tonumber(seconds)
   return string.format('%.6f', at), string.format('%d', math.floor(at * 1e6 + 0.5))
