@@ -3,10 +3,9 @@
 -- ARGV: [1] prefix, then one group per submitter: max_waiting, now, stamp (fresh,
 -- random: tokens of tasks handed to parked workers), n, then its n tasks in runs
 -- of tasks that share all but id and JSON: count, status (pending or scheduled),
--- queue, rank, run_at as a score (lib.lua: whole microseconds), type,
--- idempotency key ('' = none), request hash, then
--- count times id, task JSON. A batch of one type is one run: 2 arguments a task,
--- not 9, for Redis to read and Lua to hold.
+-- queue, rank, run_at as a score (lib.lua: whole microseconds), type, idempotency
+-- key ('' = none), request hash, then count times id, task JSON. A batch of one
+-- type is one run: 2 arguments a task, not 9, for Redis to read and Lua to hold.
 -- Returns one answer per group: {'ok', {r1, r2, ...}} where r is {} for a created
 -- task, else the HGETALL of the task stored first under its key ({'ok', {}} when
 -- every task of the group was created); {'conflict', key}; or {'full', waiting}.

@@ -6,9 +6,8 @@
 --     progress stays otherwise.
 -- ARGV: [1] prefix, then 11 per outcome: id, lease token that must still hold
 -- the lease, status, rank, score (run_at when delayed, completed_at when final;
--- lib.lua: whole microseconds),
--- task JSON, the same four for the cancelled variant ('' when the outcome is
--- final), progress JSON ('' = keep the stored one).
+-- lib.lua: whole microseconds), task JSON, the same four for the cancelled
+-- variant ('' when the outcome is final), progress JSON ('' = keep the stored one).
 -- Returns one 1 (stored) or 0 (the token lost the lease) per outcome.
 local W = 11
 local answers = {}

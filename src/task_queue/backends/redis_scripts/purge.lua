@@ -1,8 +1,8 @@
 -- Delete up to `limit` completed and cancelled tasks that finished before `before`,
 -- with every index entry and idempotency key of theirs.
 -- ARGV: [1] prefix, [2] before (exclusive; a score, lib.lua: whole microseconds),
--- [3] limit, [4] bytes: the call ends
--- once it has decoded this many bytes of documents (after one at least).
+-- [3] limit, [4] bytes: the call ends once it has decoded this many bytes of
+-- documents (after one at least).
 -- Returns {how many, 1 when a bound ended the call (more may be due) else 0}.
 -- Cost: a JSON decode of each purged task's document, whose size the payload and
 -- result decide: `bytes` bounds how long a call holds Redis when they are big.

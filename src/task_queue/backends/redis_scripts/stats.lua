@@ -1,8 +1,8 @@
 -- One consistent snapshot for GET /stats: tasks per status, the counters, and
 -- how many finished since `horizon`.
 -- ARGV: [1] prefix, [2] horizon (a score, lib.lua: whole microseconds). Returns
--- {status/count pairs, HGETALL of counts,
--- completed since horizon, failed since horizon, queue/pending pairs}.
+-- {status/count pairs, HGETALL of counts, completed since horizon, failed since
+-- horizon, queue/pending pairs}.
 local pending, by_queue = 0, {}
 for _, queue in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
   local count = redis.call('ZCARD', P .. 'ready:' .. queue)

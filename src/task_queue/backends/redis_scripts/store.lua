@@ -2,8 +2,8 @@
 -- ARGV: [1] prefix, [2] id, [3] the rev the caller read, [4] a new rev, [5]
 -- max_waiting ('' = unbounded), then the new task: [6] status, [7] rank, [8]
 -- score (run_at when delayed, completed_at when final; lib.lua: whole
--- microseconds), [9] task JSON, [10] '1'
--- when a cancel is asked, [11] progress JSON ('' = none), [12] updated_at.
+-- microseconds), [9] task JSON, [10] '1' when a cancel is asked, [11] progress
+-- JSON ('' = none), [12] updated_at.
 -- A running task stays running (a cancel request): only c and u are written,
 -- its lease and d stay as they are. Any other write replaces d and deletes the
 -- fields laid over it (rewrite in lib.lua).
