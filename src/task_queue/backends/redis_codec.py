@@ -23,20 +23,6 @@ import orjson
 from task_queue.task import Task, TaskStatus
 
 
-@functools.lru_cache(maxsize=1024)  # a batch's tasks share priority and run_at
-def ready_rank(priority: int, run_at: float) -> str:
-    """The leading part of a task's member in its ready zset (see lib.lua).
-
-    Members all score 0 and sort by bytes: 2 digits of (10 - priority), then
-    run_at in whole microseconds over 16 digits, then (added by the scripts)
-    the submit sequence over 16 digits. A double score could not hold all
-    three exactly; fixed-width text can, so FIFO within a priority is exact
-    even for tasks submitted in the same microsecond.
-    """
-    level = 10 - max(0, min(10, priority))
-    return f"{level:02d}{max(0, round(run_at * 1_000_000)):016d}"
-
-
 def moment_score(moment: float) -> int:
     """A moment as the zsets scored by time hold it: whole microseconds, an integer,
     which a small zset's listpack reads without a strtod (lib.lua says more).
@@ -48,6 +34,20 @@ def moment_score(moment: float) -> int:
 def score_moment(score: str) -> float:
     """The moment a score holds, in seconds."""
     return float(score) / 1e6
+
+
+@functools.lru_cache(maxsize=1024)  # a batch's tasks share priority and run_at
+def ready_rank(priority: int, run_at: float) -> str:
+    """The leading part of a task's member in its ready zset (see lib.lua).
+
+    Members all score 0 and sort by bytes: 2 digits of (10 - priority), then
+    run_at in whole microseconds (its moment_score) over 16 digits, then (added
+    by the scripts) the submit sequence over 16 digits. A double score could not
+    hold all three exactly; fixed-width text can, so FIFO within a priority is
+    exact even for tasks submitted in the same microsecond.
+    """
+    level = 10 - max(0, min(10, priority))
+    return f"{level:02d}{max(0, moment_score(run_at)):016d}"
 
 
 _NULL_BY_DEFAULT = tuple(f.name for f in dataclasses.fields(Task) if f.default is None)

@@ -275,8 +275,8 @@ local function lease_one(key, token, now, expires, worker, ...)
     'u', now, 'rev', token, ...)
 end
 
--- Lease the popped tasks to `worker`, the i-th with tokens[i], until `expires`
--- (score: the same as a score, lease_until's second value). Returns {d, p, c}
+-- Lease the popped tasks to `worker`, the i-th with tokens[i], until `expires`,
+-- which P..leased scores as `score` (lease_until gives both). Returns {d, p, c}
 -- of each task.
 local function lease(ids, tokens, now, expires, score, worker)
   local taken, leased = {}, {}
