@@ -15,6 +15,8 @@ def test_task_ids_are_random_uuid4_in_canonical_text() -> None:
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text
     assert len(set(ids)) == len(ids)
+    # The variant digit keeps its two random bits: all four values turn up.
+    assert {text[19] for text in ids} == set("89ab")
 
 
 def test_restore_gives_the_task_its_fields_describe() -> None:

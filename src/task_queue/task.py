@@ -48,17 +48,21 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_TIMEOUT_SECONDS = 300.0
 
 
+# A hex digit with its top two bits set to RFC 4122's variant, 10.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def new_task_id() -> str:
     """A random (version 4) UUID in its text form.
 
-    Built from the bytes directly: uuid.UUID validates and converts through an
-    int, three times the cost, and batches of submits make thousands a second.
+    Built from the hex of 16 random bytes, with the version digit written over
+    one hex digit and the variant digit mapped from another: uuid.UUID
+    validates and converts through an int, three times the cost, and setting
+    the bits in a bytearray first costs half again; batches of submits make
+    tens of thousands a second.
     """
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def new_lease_token() -> str:
@@ -142,14 +146,24 @@ class Task:
         *,
         now: float,
         run_at: float | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        request_id: str | None = None,
         **options: Any,
     ) -> Task:
-        """A task as submitted: `pending`, or `scheduled` when run_at is in the future."""
+        """A task as submitted: `pending`, or `scheduled` when run_at is in the future.
+
+        The fields a submit sets are parameters, any other field may go in
+        `options`: a keyword bound to a parameter costs no dict, and a batch of 500
+        submits builds 500 of these in one go.
+        """
         due = now if run_at is None or run_at < now else run_at
-        status = TaskStatus.SCHEDULED if due > now else TaskStatus.PENDING
         task = object.__new__(cls)
-        # Item by item rather than one update(**kwargs): a fifth less time, and a
-        # batch of 500 submits builds 500 of these in one go.
+        # Item by item rather than one update(**kwargs): a fifth less time.
         fields = task.__dict__
         fields.update(_DEFAULTS)
         fields["id"] = new_task_id()
@@ -158,8 +172,16 @@ class Task:
         fields["created_at"] = now
         fields["run_at"] = due
         fields["updated_at"] = now
-        fields["status"] = status
-        fields.update(options)
+        fields["status"] = TaskStatus.SCHEDULED if due > now else TaskStatus.PENDING
+        fields["queue"] = queue
+        fields["priority"] = priority
+        fields["max_retries"] = max_retries
+        fields["timeout_seconds"] = timeout_seconds
+        fields["idempotency_key"] = idempotency_key
+        fields["request_hash"] = request_hash
+        fields["request_id"] = request_id
+        if options:
+            fields.update(options)
         return task
 
     @classmethod
