@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import re
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -550,8 +551,8 @@ class RedisBackend(Backend):
             )
         if kind == "full":
             raise self._full(detail)
-        if not detail:  # every task is new
-            return [Submitted(task, True) for task in tasks]
+        if not detail:  # every task is new; _make skips a NamedTuple's Python __new__
+            return list(map(Submitted._make, zip(tasks, itertools.repeat(True))))
         return [
             Submitted(codec.decode(codec.pairs(first)), False) if first else Submitted(task, True)
             for task, first in zip(tasks, detail, strict=True)
