@@ -309,11 +309,13 @@ async def test_finish_in_lua_stores_what_task_settled_over_computes(
     await redis_backend.finish(finished, token)
     settled = finished.settled_over(stored)
     assert await redis_backend.get(leased.id) == settled
-    # Nothing of the lease is kept, and the document no null field: a finished task
-    # stays for days (memory); what get() gave back above is whole all the same.
+    # Nothing of the lease is kept, and the document no null field and no status (s
+    # holds it): a finished task stays for days (memory); what get() gave back
+    # above is whole all the same.
     stored_fields = await raw.hgetall(f"{{{redis_backend.prefix}}}:task:{leased.id}")
     assert set(stored_fields) - {"p"} == {"d", "s", "q", "r", "seq", "rev"}
     assert ":null" not in stored_fields["d"]
+    assert '"status"' not in stored_fields["d"]
 
 
 async def test_finishes_of_one_tick_go_as_one_script_call_and_each_gets_its_own_answer(

@@ -10,10 +10,10 @@
 --   P..task:<id>       hash    one task, written whole by Python and touched by
 --                              the scripts only in the small fields:
 --     d    the task as Python last wrote it (JSON object of the Task fields, but
---          for those null by default and now); only purge.lua decodes it and walk.lua
---          searches it, both bounded by bytes: no script on a task's way from
---          submit to result reads inside it
---     s    status now (d's may be older: promote and dequeue change only s)
+--          for those null by default and now, and the status, which s holds); only
+--          purge.lua decodes it and walk.lua searches it, both bounded by bytes: no
+--          script on a task's way from submit to result reads inside it
+--     s    status now (the only place it is kept)
 --     q, r, seq        queue, rank and submit sequence, to build the ready member
 --                      (enqueue stores seq zero-padded, as the member holds it;
 --                      tasks stored before that hold it bare: member pads either)
