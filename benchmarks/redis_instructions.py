@@ -144,6 +144,9 @@ async def total(workload: Callable[[RedisBackend, int], Awaitable[None]], calls:
         try:
             await workload(backend, calls)
             await backend._client.shutdown(nosave=True)  # callgrind writes its counts
+        except BaseException:
+            server.kill()  # a workload that failed leaves no count to wait for
+            raise
         finally:
             await backend.close()
             server.wait()
