@@ -13,7 +13,7 @@
 --          for those null by default and now, and the status, which s holds); only
 --          purge.lua decodes it and walk.lua searches it, both bounded by bytes: no
 --          script on a task's way from submit to result reads inside it
---     s    status now (the only place it is kept)
+--     s    status now; decode reads it here only (older documents hold one in d too)
 --     q, r, seq        queue, rank and submit sequence, to build the ready member
 --                      (enqueue stores seq zero-padded, as the member holds it;
 --                      tasks stored before that hold it bare: member pads either)
