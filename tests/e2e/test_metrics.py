@@ -225,6 +225,11 @@ def test_the_worker_logs_the_request_id_of_the_request_that_made_the_task(
     assert started["request_id"] == "trace-42"
     [submitted] = server.logs("task submitted", task_id=task_id)
     assert submitted["request_id"] == "trace-42"
+    # At LOG_LEVEL=info the worker's closing line too, with its outcome.
+    [completed] = wait_for(lambda: server.logs("task completed", task_id=task_id), 5, "its line")
+    assert completed["request_id"] == "trace-42"
+    assert completed["status"] == "completed"
+    assert completed["duration_ms"] >= 0
 
 
 def redis_api(launch: Launcher, redis: RedisServer) -> TaskQueueProcess:

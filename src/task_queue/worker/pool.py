@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import logging
 import time
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -325,6 +326,13 @@ class WorkerPool:
         if not await self._acknowledge(outcome, task.lease_token or "", bound):
             return
         self._count(outcome, ran)
+        completed = outcome.status is TaskStatus.COMPLETED
+        if completed and not bound.is_enabled_for(logging.INFO):
+            # Not even the line's fields: rounding a float to 3 places goes through
+            # a correctly rounded decimal conversion, and they were 6% of what a
+            # no-op task costs a worker at LOG_LEVEL=warning
+            # (benchmarks/worker_instructions.py).
+            return
         fields: dict[str, Any] = {
             "status": outcome.status.value,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -333,7 +341,7 @@ class WorkerPool:
             fields["error"] = outcome.error
         if outcome.status is TaskStatus.RETRYING:
             fields["retry_in"] = round(outcome.run_at - self._clock.now(), 3)
-        level = bound.info if outcome.status is TaskStatus.COMPLETED else bound.warning
+        level = bound.info if completed else bound.warning
         level(f"task {outcome.status.value}", **fields)
 
     async def _outcome(self, task: Task, bound: Any, progress: ProgressReporter) -> Task | None:
