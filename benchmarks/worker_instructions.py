@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import uvloop
 
@@ -37,10 +36,10 @@ from benchmarks.peers.run import start_redis
 from benchmarks.redis_instructions import callgrind, counted
 from benchmarks.scratch_redis import BATCH
 from task_queue.backends.redis import RedisBackend
+from task_queue.bench import counting_noop
 from task_queue.client import AsyncClient, TaskRequest
 from task_queue.config import Settings
 from task_queue.logs import configure
-from task_queue.registry import Registry
 from task_queue.worker.server import WorkerServer
 
 BASE = 1000
@@ -50,15 +49,7 @@ WORKER_COUNT = 10
 async def run(url: str, tasks: int, drain: bool) -> None:
     """Submit `tasks` no-op tasks; with `drain`, then run them all in a worker pool."""
     configure("warning", "text", None)
-    registry, ran, done = Registry(), 0, asyncio.Event()
-
-    @registry.task("noop")
-    async def noop(payload: dict[str, Any]) -> None:
-        nonlocal ran
-        ran += 1
-        if ran == tasks:
-            done.set()
-
+    registry, done = counting_noop(tasks)
     backend = RedisBackend(url, max_waiting=10**9, prefix=os.urandom(8).hex())
     await backend.open()
     client = AsyncClient(backend, registry=registry)

@@ -41,10 +41,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         return await _measure(bench_settings, args.tasks)
 
 
-async def _measure(settings: Settings, count: int) -> dict[str, Any]:
-    registry = Registry()
-    ran = 0
-    all_ran = asyncio.Event()
+def counting_noop(count: int) -> tuple[Registry, asyncio.Event]:
+    """A registry of one no-op type, `noop`, and an event set once it ran `count` times:
+    the end of a drain, known without polling the backend."""
+    registry, ran, all_ran = Registry(), 0, asyncio.Event()
 
     @registry.task("noop")
     async def noop(payload: dict[str, Any]) -> None:
@@ -53,6 +53,11 @@ async def _measure(settings: Settings, count: int) -> dict[str, Any]:
         if ran == count:
             all_ran.set()
 
+    return registry, all_ran
+
+
+async def _measure(settings: Settings, count: int) -> dict[str, Any]:
+    registry, all_ran = counting_noop(count)
     backend = _backend(settings)
     await backend.open()
     client = AsyncClient(backend, registry=registry)
