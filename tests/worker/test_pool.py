@@ -6,12 +6,15 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
+import structlog
 from pydantic import BaseModel
+from structlog import PrintLogger
 
 from task_queue._clock import ManualClock
 from task_queue.backends.base import IdleWorker, LeaseReport, WorkerInfo
@@ -21,7 +24,7 @@ from task_queue.errors import PermanentError, Retry
 from task_queue.registry import Registry, TaskContext
 from task_queue.task import Task, TaskStatus
 from task_queue.worker.heartbeat import Heartbeat
-from task_queue.worker.pool import WorkerPool
+from task_queue.worker.pool import WorkerPool, _logs_info
 from tests.worker.conftest import eventually
 
 
@@ -704,3 +707,17 @@ async def test_abort_hands_back_running_and_prefetched_tasks_without_counting_at
         assert (back.status, back.attempts, back.lease_token) == (TaskStatus.PENDING, 0, None)
     assert workers.leases() == {}
     assert held.started == [first.id]
+
+
+def test_only_a_logger_that_says_it_drops_info_lines_skips_the_completed_line() -> None:
+    """The pool builds no "task completed" line for a logger that drops info lines
+    (LOG_LEVEL=warning); a logger that cannot say, as an embedding application may
+    configure, is taken to write them."""
+    at_warning = structlog.make_filtering_bound_logger(logging.WARNING)(PrintLogger(), [], {})
+    at_info = structlog.make_filtering_bound_logger(logging.INFO)(PrintLogger(), [], {})
+    generic = structlog.BoundLogger(PrintLogger(), [], {})
+    assert [_logs_info(at_warning), _logs_info(at_info), _logs_info(generic)] == [
+        False,
+        True,
+        True,
+    ]

@@ -327,7 +327,7 @@ class WorkerPool:
             return
         self._count(outcome, ran)
         completed = outcome.status is TaskStatus.COMPLETED
-        if completed and not bound.is_enabled_for(logging.INFO):
+        if completed and not _logs_info(bound):
             # Not even the line's fields: rounding a float to 3 places goes through
             # a correctly rounded decimal conversion, and they were 6% of what a
             # no-op task costs a worker at LOG_LEVEL=warning
@@ -479,6 +479,16 @@ class WorkerPool:
             return
         self.processed += 1
         counts.duration.observe(seconds)
+
+
+def _logs_info(logger: Any) -> bool:
+    """Whether `logger` writes info lines. structlog's filtering and standard-library
+    loggers can tell; an application that embeds the pool with another wrapper
+    class is taken to write them, so its lines are never lost."""
+    try:
+        return bool(logger.is_enabled_for(logging.INFO))
+    except AttributeError:  # structlog's generic BoundLogger hands the call on, and fails
+        return True
 
 
 def _describe(exc: BaseException) -> str:
