@@ -709,10 +709,10 @@ async def test_abort_hands_back_running_and_prefetched_tasks_without_counting_at
     assert held.started == [first.id]
 
 
-def test_only_a_logger_that_says_it_drops_info_lines_skips_the_completed_line() -> None:
-    """The pool builds no "task completed" line for a logger that drops info lines
-    (LOG_LEVEL=warning); a logger that cannot say, as an embedding application may
-    configure, is taken to write them."""
+def test_a_logger_is_taken_to_write_info_lines_unless_it_says_it_drops_them() -> None:
+    """What decides whether the pool builds a "task completed" line: a logger that
+    drops info lines (LOG_LEVEL=warning) gets none; one that cannot say, as an
+    embedding application may configure, is taken to write them."""
     at_warning = structlog.make_filtering_bound_logger(logging.WARNING)(PrintLogger(), [], {})
     at_info = structlog.make_filtering_bound_logger(logging.INFO)(PrintLogger(), [], {})
     generic = structlog.BoundLogger(PrintLogger(), [], {})

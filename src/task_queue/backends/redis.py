@@ -592,7 +592,8 @@ class RedisBackend(Backend):
         tokens = [new_lease_token() for _ in range(limit)]
         expires = now + lease_seconds
         args = [
-            *(repr(now), codec.moment_score(now), repr(expires), codec.moment_score(expires)),
+            *codec.moment_args(now),
+            *codec.moment_args(expires),
             *(worker_id, limit, new_lease_token(), repr(lease_seconds), parked_until),
             *(len(names), *names, *tokens),
         ]
@@ -664,10 +665,9 @@ class RedisBackend(Backend):
             raise LeaseLost(f"task {task_id} is no longer leased with this token")
 
     async def promote_due(self) -> int:
-        now, total = self.clock.now(), 0
-        due = (repr(now), codec.moment_score(now))
+        now, total = codec.moment_args(self.clock.now()), 0
         while True:
-            count = int(await self._script("promote", *due, PROMOTE_BATCH, new_lease_token()))
+            count = int(await self._script("promote", *now, PROMOTE_BATCH, new_lease_token()))
             total += count
             if count < PROMOTE_BATCH:
                 return total
@@ -679,9 +679,8 @@ class RedisBackend(Backend):
         worker.last_heartbeat = now
         held = [item for pair in leases.items() for item in pair]
         doc = orjson.dumps(dataclasses.asdict(worker))
-        expires = now + lease_seconds
         lost, cancel = await self._script(
-            "heartbeat", worker.id, doc, repr(expires), codec.moment_score(expires), *held
+            "heartbeat", worker.id, doc, *codec.moment_args(now + lease_seconds), *held
         )
         return LeaseReport(frozenset(lost), frozenset(cancel))
 

@@ -31,6 +31,12 @@ def moment_score(moment: float) -> int:
     return math.floor(moment * 1e6 + 0.5)
 
 
+def moment_args(moment: float) -> tuple[str, int]:
+    """A moment as a script takes it: its text, as a task's fields hold it, and its
+    score, as the zsets do (lib.lua's lease_until gives the same two)."""
+    return repr(moment), moment_score(moment)
+
+
 def score_moment(score: str) -> float:
     """The moment a score holds, in seconds."""
     return float(score) / 1e6
