@@ -544,6 +544,8 @@ class RedisBackend(Backend):
             [answer] = await self._script("enqueue", *args)
         else:
             answer = await self._batcher.call("enqueue", args)
+        if answer == 1:  # every task is new; _make skips a NamedTuple's Python __new__
+            return list(map(Submitted._make, zip(tasks, itertools.repeat(True))))
         kind, detail = answer
         if kind == "conflict":
             raise IdempotencyConflict(
@@ -551,8 +553,6 @@ class RedisBackend(Backend):
             )
         if kind == "full":
             raise self._full(detail)
-        if not detail:  # every task is new; _make skips a NamedTuple's Python __new__
-            return list(map(Submitted._make, zip(tasks, itertools.repeat(True))))
         return [
             Submitted(codec.decode(codec.pairs(first)), False) if first else Submitted(task, True)
             for task, first in zip(tasks, detail, strict=True)
