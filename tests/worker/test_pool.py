@@ -627,6 +627,38 @@ async def test_an_idle_wait_lasts_at_most_half_a_lease(
     assert max(timeouts) == 0.5
 
 
+async def test_stop_ends_a_wait_for_work_in_progress(
+    store: MemoryBackend,
+    registry: Registry,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pool awaits its wait in place, so only stop() asking the backend to end
+    it lets run() return: here the wait would otherwise last half an hour."""
+    monkeypatch.setattr("task_queue.worker.pool.IDLE_POLL_SECONDS", 3600.0)
+    waits: list[float] = []
+    wait_for_work = store.wait_for_work
+
+    async def recorded(timeout: float, worker: IdleWorker) -> list[Task]:
+        waits.append(timeout)
+        return await wait_for_work(timeout, worker)
+
+    monkeypatch.setattr(store, "wait_for_work", recorded)
+    workers = WorkerPool(
+        store,
+        registry,
+        settings.model_copy(update={"lease_seconds": 3600}),
+        worker_id="w",
+        queues=[],
+    )
+    running = asyncio.create_task(workers.run())
+    await until(lambda: waits == [1800.0])
+    workers.stop()
+    await asyncio.wait_for(running, 60)  # a guard against a hang, not a measure
+    assert waits == [1800.0]
+    await workers.close()
+
+
 async def test_heartbeat_keeps_a_buffered_task_startable_past_its_first_lease(
     store: MemoryBackend, registry: Registry, settings: Settings, clock: ManualClock
 ) -> None:
