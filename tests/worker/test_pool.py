@@ -606,14 +606,8 @@ async def test_a_dequeue_tells_the_backend_whether_the_pool_has_nothing_running(
     assert idle_when_taken == {first.id: True, second.id: False}
 
 
-async def test_an_idle_wait_lasts_at_most_half_a_lease(
-    store: MemoryBackend,
-    registry: Registry,
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A task handed at the end of the wait still has half its lease by the pool's
-    reckoning (from before the wait), so it is started, not handed back."""
+def record_waits(store: MemoryBackend, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The timeout of every wait_for_work the pool makes, in order, from now on."""
     timeouts: list[float] = []
     wait_for_work = store.wait_for_work
 
@@ -622,6 +616,18 @@ async def test_an_idle_wait_lasts_at_most_half_a_lease(
         return await wait_for_work(timeout, worker)
 
     monkeypatch.setattr(store, "wait_for_work", recorded)
+    return timeouts
+
+
+async def test_an_idle_wait_lasts_at_most_half_a_lease(
+    store: MemoryBackend,
+    registry: Registry,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task handed at the end of the wait still has half its lease by the pool's
+    reckoning (from before the wait), so it is started, not handed back."""
+    timeouts = record_waits(store, monkeypatch)
     async with pool_with(store, registry, settings, lease_seconds=1):
         await until(lambda: len(timeouts) >= 2)
     assert max(timeouts) == 0.5
@@ -636,14 +642,7 @@ async def test_stop_ends_a_wait_for_work_in_progress(
     """The pool awaits its wait in place, so only stop() asking the backend to end
     it lets run() return: here the wait would otherwise last half an hour."""
     monkeypatch.setattr("task_queue.worker.pool.IDLE_POLL_SECONDS", 3600.0)
-    waits: list[float] = []
-    wait_for_work = store.wait_for_work
-
-    async def recorded(timeout: float, worker: IdleWorker) -> list[Task]:
-        waits.append(timeout)
-        return await wait_for_work(timeout, worker)
-
-    monkeypatch.setattr(store, "wait_for_work", recorded)
+    waits = record_waits(store, monkeypatch)
     workers = WorkerPool(
         store,
         registry,
