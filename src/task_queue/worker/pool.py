@@ -179,7 +179,7 @@ class WorkerPool:
 
         Awaited in place: as a task of its own raced against the stop event, a
         wait cost each handed task two more event-loop turns on its way to its
-        handler, about 25 µs of a 0.7 ms submit-to-start on the 2-core VM. stop()
+        handler, about 20 µs of a 0.7 ms submit-to-start on the 2-core VM. stop()
         ends a wait through the backend instead (_end_waiting), so a wait is never
         cut off mid-reply and what it was handed is taken.
 

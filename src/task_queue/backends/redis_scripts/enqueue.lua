@@ -11,9 +11,9 @@
 -- task stored first under its key; {'conflict', key}; or {'full', waiting}. The
 -- common answer is a number: Redis turns each table a script returns into a reply
 -- by looking up six names in it, and {{'ok', {}}} was 4% of a lone submit.
--- Cost: one HSET per task (and a GET, SET and HSET per idempotency key); the index
--- and counter writes are one call per script call, whatever the number of
--- submitters and tasks. A call of one task, pending into an empty queue, hands it
+-- Cost: one HSET per task (and a GET, SET and HSET per idempotency key), one
+-- HINCRBY per submitter for its sequences; the index and counter writes are one
+-- call per script call, whatever the number of submitters and tasks. A call of one task, pending into an empty queue, hands it
 -- to a parked worker without the ready set (hand_over below).
 local RUN = 8  -- a run's count and shared fields, before its tasks
 local waiting, pending_before = waiting_count()
