@@ -13,8 +13,9 @@
 -- by looking up six names in it, and {{'ok', {}}} was 4% of a lone submit.
 -- Cost: one HSET per task (and a GET, SET and HSET per idempotency key), one
 -- HINCRBY per submitter for its sequences; the index and counter writes are one
--- call per script call, whatever the number of submitters and tasks. A call of one task, pending into an empty queue, hands it
--- to a parked worker without the ready set (hand_over below).
+-- call per script call, whatever the number of submitters and tasks. A call of
+-- one task, pending into an empty queue, hands it to a parked worker without the
+-- ready set (hand_over below).
 local RUN = 8  -- a run's count and shared fields, before its tasks
 local waiting, pending_before = waiting_count()
 local seq  -- the submit sequence of the task stored last
