@@ -232,6 +232,30 @@ def test_the_worker_logs_the_request_id_of_the_request_that_made_the_task(
     assert completed["duration_ms"] >= 0
 
 
+def test_at_warning_the_worker_logs_a_failing_task_with_its_fields_and_skips_started_lines(
+    launch: Launcher,
+) -> None:
+    """The worker binds a task's fields to its logger on the first line written
+    (none, for a task that completes at warning): what it writes has them all."""
+    server = launch.start("serve", LOG_LEVEL="warning", **FAST_RETRIES)
+    response = server.http.post(
+        "/api/v1/tasks",
+        json={"type": "always_fails", "max_retries": 1},
+        headers={"X-Request-ID": "trace-43"},
+    )
+    task_id = response.json()["id"]
+    assert server.wait_final(task_id)["status"] == "failed"
+
+    lines = wait_for(lambda: server.logs("task failed", task_id=task_id), 5, "its line")
+    [retrying] = server.logs("task retrying", task_id=task_id)
+    for line, attempt in ((retrying, 1), (lines[0], 2)):
+        assert (line["type"], line["attempt"], line["request_id"]) == (
+            "always_fails", attempt, "trace-43",
+        )  # fmt: skip
+        assert line["error"].startswith("RuntimeError")
+    assert server.logs("task started") == []
+
+
 def redis_api(launch: Launcher, redis: RedisServer) -> TaskQueueProcess:
     server = launch.start("serve", QUEUE_BACKEND="redis", REDIS_URL=redis.url)
     wait_for(lambda: server.http.get("/api/v1/health").json()["workers"] == 1, 10, "a worker")

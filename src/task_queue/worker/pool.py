@@ -296,10 +296,10 @@ class WorkerPool:
         return execution
 
     async def _execute(self, task: Task) -> None:
-        bound = log.bind(
-            task_id=task.id, type=task.type, attempt=task.attempts, request_id=task.request_id
-        )
-        bound.info("task started", queue=task.queue, priority=task.priority)
+        bound = _TaskLog(task)
+        logs_info = _logs_info(log)
+        if logs_info:
+            bound.info("task started", queue=task.queue, priority=task.priority)
         started = time.perf_counter()
         progress = ProgressReporter(self.backend, task, bound)
         try:
@@ -321,7 +321,7 @@ class WorkerPool:
             return
         self._count(outcome, ran)
         completed = outcome.status is TaskStatus.COMPLETED
-        if completed and not _logs_info(bound):
+        if completed and not logs_info:
             # Not even the line's fields: rounding a float to 3 places goes through
             # a correctly rounded decimal conversion, and they were 6% of what a
             # no-op task costs a worker at LOG_LEVEL=warning
@@ -473,6 +473,30 @@ class WorkerPool:
             return
         self.processed += 1
         counts.duration.observe(seconds)
+
+
+class _TaskLog:
+    """The worker's logger with one task's fields bound, bound when first used.
+
+    structlog's bind copies the context: 3% of what a no-op task costs a worker
+    (benchmarks/worker_instructions.py), and at LOG_LEVEL=warning a task that
+    completes writes no line. Every line that is written, the handler's through
+    its context included, carries the fields as before.
+    """
+
+    __slots__ = ("_bound", "_task")
+
+    def __init__(self, task: Task) -> None:
+        self._task = task
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._bound is None:
+            task = self._task
+            self._bound = log.bind(
+                task_id=task.id, type=task.type, attempt=task.attempts, request_id=task.request_id
+            )
+        return getattr(self._bound, name)
 
 
 def _logs_info(logger: Any) -> bool:
