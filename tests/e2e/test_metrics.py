@@ -246,9 +246,9 @@ def test_at_warning_the_worker_logs_a_failing_task_with_its_fields_and_skips_sta
     task_id = response.json()["id"]
     assert server.wait_final(task_id)["status"] == "failed"
 
-    lines = wait_for(lambda: server.logs("task failed", task_id=task_id), 5, "its line")
+    [failed] = wait_for(lambda: server.logs("task failed", task_id=task_id), 5, "its line")
     [retrying] = server.logs("task retrying", task_id=task_id)
-    for line, attempt in ((retrying, 1), (lines[0], 2)):
+    for line, attempt in ((retrying, 1), (failed, 2)):
         assert (line["type"], line["attempt"], line["request_id"]) == (
             "always_fails", attempt, "trace-43",
         )  # fmt: skip
