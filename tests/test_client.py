@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from task_queue._clock import ManualClock
 from task_queue.backends.memory import MemoryBackend
-from task_queue.client import AsyncClient, TaskRequest
+from task_queue.client import MAX_PAYLOAD_DEPTH, AsyncClient, TaskRequest, _depth
 from task_queue.errors import IdempotencyConflict, PayloadError, UnknownTaskType
 from task_queue.registry import Registry
 from task_queue.task import TaskStatus
@@ -146,3 +146,20 @@ def test_deeply_nested_payload_is_refused() -> None:
         inner = inner["x"]
     with pytest.raises(ValidationError, match="nests deeper"):
         TaskRequest(type="plain", payload=payload)
+
+
+@pytest.mark.parametrize("inner", [{}, [], 7])
+def test_a_payload_nested_to_the_limit_passes_and_one_level_more_is_refused(inner: Any) -> None:
+    """The payload is the first level; lists count as objects do, scalars not at all."""
+
+    def nested(levels: int) -> dict[str, Any]:
+        value: Any = inner
+        for level in range(levels - 1 - isinstance(inner, dict | list)):
+            value = [value] if level % 2 else {"x": value}
+        return {"x": value}
+
+    at_limit = nested(MAX_PAYLOAD_DEPTH)
+    assert _depth(at_limit) == MAX_PAYLOAD_DEPTH
+    TaskRequest(type="plain", payload=at_limit)
+    with pytest.raises(ValidationError, match="nests deeper"):
+        TaskRequest(type="plain", payload=nested(MAX_PAYLOAD_DEPTH + 1))

