@@ -1,6 +1,6 @@
 """The client's work per batched submit, counted rather than timed: instructions under callgrind.
 
-    .venv/bin/python -m benchmarks.client_instructions [--batches 20]
+    .venv/bin/python -m benchmarks.client_instructions [--batches 20] [--lone 1000]
 
 The other side of benchmarks/redis_instructions.py: there Redis's work per
 script call, here the Python process that submits. A batched submit from one
@@ -13,6 +13,9 @@ interpreter's start, the imports and the connection cancelled out. Counts
 repeat to about 1%. They leave out the kernel (system calls, page faults), so a
 change that trades Python for a system call is not seen whole here. About 2
 minutes; PYTHONPATH=<checkout>/src counts another commit.
+
+`--lone N` counts a lone `AsyncClient.submit` instead, the call a quiet queue's
+latency starts with: LONE_BASE submits, then LONE_BASE + N, one at a time.
 """
 
 from __future__ import annotations
@@ -34,25 +37,29 @@ from task_queue.client import AsyncClient, TaskRequest
 from task_queue.logs import configure
 
 BASE = 4
+LONE_BASE = 1500
 
 
-async def submit(url: str, batches: int) -> None:
+async def submit(url: str, calls: int, lone: bool) -> None:
     configure("warning", "text", None)
     backend = RedisBackend(url, max_waiting=10**9, prefix=os.urandom(8).hex())
     await backend.open()
     client = AsyncClient(backend)
     request = TaskRequest(type="noop")
-    for _ in range(batches):
-        await client.submit_requests([request] * BATCH)
+    for _ in range(calls):
+        if lone:
+            await client.submit("noop", {"n": 1})
+        else:
+            await client.submit_requests([request] * BATCH)
     await backend.close()
 
 
-def total(url: str, batches: int) -> int:
-    """Instructions of a submitter process making `batches` calls, from start to exit."""
+def total(url: str, calls: int, lone: bool) -> int:
+    """Instructions of a submitter process making `calls` calls, from start to exit."""
     with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
         out = Path(scratch) / "callgrind.out"
         argv = [*callgrind(out), sys.executable, "-m", "benchmarks.client_instructions"]
-        argv += ["--submitter", url, str(batches)]
+        argv += ["--submitter", url, str(calls), "lone" if lone else "batched"]
         env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in both runs
         subprocess.run(argv, check=True, capture_output=True, env=env)
         return counted(out)
@@ -60,18 +67,22 @@ def total(url: str, batches: int) -> int:
 
 def main() -> None:
     if sys.argv[1:2] == ["--submitter"]:
-        asyncio.run(submit(sys.argv[2], int(sys.argv[3])))
+        asyncio.run(submit(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "lone"))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--lone", type=int, default=0, help="count N lone submits instead")
     args = parser.parse_args()
     server, url = start_redis()
+    lone = args.lone > 0
+    base, calls = (LONE_BASE, args.lone) if lone else (BASE, args.batches)
     try:
-        base, more = total(url, BASE), total(url, BASE + args.batches)
+        before, more = total(url, base, lone), total(url, base + calls, lone)
     finally:
         server.kill()
-    per_task = (more - base) / (args.batches * BATCH)
-    print(f"client instructions per batched task (callgrind; calls of {BATCH}): {per_task:,.0f}")
+    what = "lone submit (callgrind)" if lone else f"batched task (callgrind; calls of {BATCH})"
+    per = (more - before) / (calls if lone else calls * BATCH)
+    print(f"client instructions per {what}: {per:,.0f}")
 
 
 if __name__ == "__main__":
