@@ -23,14 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import benchmarks.noop_tasks  # noqa: F401 - registers `noop`
 from benchmarks.peers.run import start_redis
-from benchmarks.redis_instructions import callgrind, counted
+from benchmarks.redis_instructions import count_module
 from benchmarks.scratch_redis import BATCH
 from task_queue.backends.redis import RedisBackend
 from task_queue.client import AsyncClient, TaskRequest
@@ -56,13 +53,8 @@ async def submit(url: str, calls: int, lone: bool) -> None:
 
 def total(url: str, calls: int, lone: bool) -> int:
     """Instructions of a submitter process making `calls` calls, from start to exit."""
-    with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
-        out = Path(scratch) / "callgrind.out"
-        argv = [*callgrind(out), sys.executable, "-m", "benchmarks.client_instructions"]
-        argv += ["--submitter", url, str(calls), "lone" if lone else "batched"]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in both runs
-        subprocess.run(argv, check=True, capture_output=True, env=env)
-        return counted(out)
+    mode = "lone" if lone else "batched"
+    return count_module("benchmarks.client_instructions", "--submitter", url, str(calls), mode)
 
 
 def main() -> None:

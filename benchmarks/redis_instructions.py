@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -132,6 +134,20 @@ def counted(out: Path) -> int:
     if found is None:
         raise SystemExit(f"no totals in {out}")
     return int(found[1])
+
+
+def count_module(module: str, *args: str) -> int:
+    """Instructions of `python -m module args` under callgrind, from start to exit.
+
+    PYTHONHASHSEED is fixed so that the runs a count subtracts from one another
+    lay out their dicts alike.
+    """
+    with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
+        out = Path(scratch) / "callgrind.out"
+        argv = [*callgrind(out), sys.executable, "-m", module, *args]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run(argv, check=True, capture_output=True, env=env)
+        return counted(out)
 
 
 async def total(workload: Callable[[RedisBackend, int], Awaitable[None]], calls: int) -> int:

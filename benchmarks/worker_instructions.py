@@ -25,15 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import uvloop
 
 from benchmarks.peers.run import start_redis
-from benchmarks.redis_instructions import callgrind, counted
+from benchmarks.redis_instructions import count_module
 from benchmarks.scratch_redis import BATCH
 from task_queue.backends.redis import RedisBackend
 from task_queue.bench import counting_noop
@@ -69,13 +66,8 @@ async def run(url: str, tasks: int, drain: bool) -> None:
 
 def total(url: str, tasks: int, drain: bool) -> int:
     """Instructions of a process submitting `tasks` (and draining them), start to exit."""
-    with tempfile.TemporaryDirectory(prefix="callgrind-") as scratch:
-        out = Path(scratch) / "callgrind.out"
-        argv = [*callgrind(out), sys.executable, "-m", "benchmarks.worker_instructions"]
-        argv += ["--process", url, str(tasks), "drain" if drain else "submit"]
-        env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in every run
-        subprocess.run(argv, check=True, capture_output=True, env=env)
-        return counted(out)
+    mode = "drain" if drain else "submit"
+    return count_module("benchmarks.worker_instructions", "--process", url, str(tasks), mode)
 
 
 def main() -> None:
