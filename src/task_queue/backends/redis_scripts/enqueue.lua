@@ -82,7 +82,7 @@ local function skip(at, n)
 end
 
 -- The tasks of one group that are already stored under their idempotency key
--- (false for a fresh one), or nil and the refusal.
+-- (false for a fresh one) and how many are fresh, or nil, 0 and the refusal.
 local function check(at, n, max_waiting)
   local firsts, seen, fresh = {}, {}, 0
   local run, slot, last = first_task(at)
@@ -103,7 +103,7 @@ local function check(at, n, max_waiting)
     end
     if first then
       if first.hash ~= hash then
-        return nil, {'conflict', key}
+        return nil, 0, {'conflict', key}
       end
     else
       fresh = fresh + 1
@@ -114,7 +114,7 @@ local function check(at, n, max_waiting)
     firsts[i] = first
   end
   if waiting + fresh > max_waiting then
-    return nil, {'full', tostring(waiting)}
+    return nil, 0, {'full', tostring(waiting)}
   end
   waiting = waiting + fresh
   return firsts, fresh
@@ -157,10 +157,10 @@ while at <= #ARGV do
   local max_waiting, n = tonumber(ARGV[at]), tonumber(ARGV[at + 3])
   now, stamp = ARGV[at + 1], ARGV[at + 2]
   local tasks_at = at + 4
-  local firsts, more = check(tasks_at, n, max_waiting)  -- more: fresh tasks, or the refusal
+  local firsts, fresh, refusal = check(tasks_at, n, max_waiting)
   if firsts then
-    if more > 0 then  -- one call takes the group's sequences: no HGET, strtod and HSET
-      seq = redis.call('HINCRBY', COUNTS, 'seq', more) - more
+    if fresh > 0 then  -- one call takes the group's sequences: no HGET, strtod and HSET
+      seq = redis.call('HINCRBY', COUNTS, 'seq', fresh) - fresh
     end
     local any_stored_before = false
     local run, slot, last = first_task(tasks_at)
@@ -185,7 +185,7 @@ while at <= #ARGV do
     answers[#answers + 1] = answer
     at = slot + 2  -- after the group's last task
   else
-    answers[#answers + 1] = more
+    answers[#answers + 1] = refusal
     at = skip(tasks_at, n)
   end
 end
