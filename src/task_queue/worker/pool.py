@@ -297,7 +297,10 @@ class WorkerPool:
 
     async def _execute(self, task: Task) -> None:
         bound = _TaskLog(task)
-        logs_info = _logs_info(log)
+        # The proxy's bound logger, not the proxy: asked for an attribute, the proxy
+        # first fails the ordinary lookup, and CPython formats that AttributeError's
+        # message (1.3 against 0.3 µs here).
+        logs_info = _logs_info(log.bind())
         if logs_info:
             bound.info("task started", queue=task.queue, priority=task.priority)
         started = time.perf_counter()
