@@ -4,30 +4,41 @@
 --     not final into the cancelled variant Python sends along;
 --   * progress is written only when the outcome carries a value, so a stored
 --     progress stays otherwise.
--- ARGV: [1] prefix, then 11 per outcome: id, lease token that must still hold
--- the lease, status, rank, score (run_at when delayed, completed_at when final;
--- lib.lua: whole microseconds), task JSON, the same four for the cancelled
--- variant ('' when the outcome is final), progress JSON ('' = keep the stored one).
--- Returns one 1 (stored) or 0 (the token lost the lease) per outcome.
-local W = 11
+-- ARGV: [1] prefix, then per outcome: id, lease token that must still hold the
+-- lease, which of the optional parts follow ('', 'v', 'p' or 'vp'), status,
+-- rank, score (run_at when delayed, completed_at when final; lib.lua: whole
+-- microseconds), task JSON; then with 'v' the same four for the cancelled
+-- variant (a final outcome has none), with 'p' its progress JSON (without, the
+-- stored progress stays). Returns one 1 (stored) or 0 (the token lost the
+-- lease) per outcome.
 local answers = {}
 local settled, finals = {}, {completed = {}, failed = {}, cancelled = {}}
 local ended = {}  -- the ids made final, for the waits that hear of them (lib.lua's FINALS)
-for at = 2, #ARGV, W do
-  local id, token = ARGV[at], ARGV[at + 1]
+local VARIANT = {v = true, vp = true}
+local PROGRESS = {p = true, vp = true}
+local at = 2
+while at <= #ARGV do
+  local id, token, parts = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local from, variant, progress = at + 3, nil, nil
+  at = at + 7
+  if VARIANT[parts] then
+    variant, at = at, at + 4
+  end
+  if PROGRESS[parts] then
+    progress, at = ARGV[at], at + 1
+  end
   local key = task_key(id)
   local cur = redis.call('HMGET', key, 'l', 'c', 'q', 'seq')
   if cur[1] ~= token then
     answers[#answers + 1] = 0
   else
-    local from = at + 2
-    if cur[2] == '1' and not FINAL[ARGV[from]] and ARGV[at + 6] ~= '' then
-      from = at + 6
+    if cur[2] == '1' and variant and not FINAL[ARGV[from]] then
+      from = variant
     end
     local status, rank, score = ARGV[from], ARGV[from + 1], ARGV[from + 2]
     rewrite(key, ARGV[from + 3], status, rank, token .. '.')
-    if ARGV[at + 10] ~= '' then
-      redis.call('HSET', key, 'p', ARGV[at + 10])
+    if progress then
+      redis.call('HSET', key, 'p', progress)
     end
     settled[#settled + 1] = id
     if FINAL[status] then
