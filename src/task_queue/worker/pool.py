@@ -291,7 +291,7 @@ class WorkerPool:
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `work` as a task that drain() and abort() wait for."""
-        execution = asyncio.create_task(work)
+        execution = asyncio.get_running_loop().create_task(work)  # no Python frame between
         self._executions.add(execution)
         execution.add_done_callback(self._executions.discard)
         return execution
@@ -410,10 +410,11 @@ class WorkerPool:
                 result = await loop.run_in_executor(self._threads, call)
         finally:
             deadline.cancel()
-        try:
-            orjson.dumps(result)
-        except TypeError as exc:
-            raise PermanentError(f"handler returned a result that is not JSON: {exc}") from None
+        if result is not None:
+            try:
+                orjson.dumps(result)
+            except TypeError as exc:
+                raise PermanentError(f"handler returned a result that is not JSON: {exc}") from None
         return result
 
     async def _acknowledge(self, outcome: Task, token: str, bound: Any) -> bool:
