@@ -193,6 +193,27 @@ async def test_timeout_counts_as_a_failure(
     assert error == "timed out after 0.05 s"
 
 
+async def test_timeouts_of_tasks_started_at_other_times_each_end_on_time(
+    pool: WorkerPool, store: MemoryBackend, registry: Registry, clock: ManualClock
+) -> None:
+    """One timer watches every running handler's timeout, set for the earliest end:
+    a task that starts later with a shorter timeout brings it forward, and once
+    it fires, the next end is watched."""
+
+    @registry.task("stuck")
+    async def stuck(payload: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+    patient = await submit(store, clock, "stuck", max_retries=0, timeout_seconds=60)
+    await eventually(store, patient.id, status_is(TaskStatus.RUNNING))
+    short = await submit(store, clock, "stuck", max_retries=0, timeout_seconds=0.05)
+    longer = await submit(store, clock, "stuck", max_retries=0, timeout_seconds=0.3)
+    for task in (short, longer):
+        done = await eventually(store, task.id, final)
+        assert done.error == f"timed out after {task.timeout_seconds:g} s"
+    assert (await store.get(patient.id)).status is TaskStatus.RUNNING
+
+
 async def test_a_sync_handler_past_its_timeout_is_recorded_as_timed_out(
     pool: WorkerPool, store: MemoryBackend, registry: Registry, clock: ManualClock
 ) -> None:
