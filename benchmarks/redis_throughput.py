@@ -19,6 +19,10 @@ Starts a throwaway `redis-server --save "" --appendonly no` on a free port
 Each row also gives the CPU time of the processes at work (from /proc, so on
 Linux), per task and as a share of one core: a process far below 100% spends
 the rest waiting on another.
+
+PYTHONPATH=<worktree>/src measures another commit, in the worker processes
+too. The VM's speed swings from one minute to the next, so compare commits in
+runs that alternate.
 """
 
 from __future__ import annotations
@@ -34,12 +38,12 @@ from pathlib import Path
 import redis
 
 import benchmarks.noop_tasks  # noqa: F401 - registers `noop`
+from benchmarks import ROOT, child_pythonpath
 from benchmarks.peers.run import start_redis
 from task_queue.backends.redis import RedisBackend
 from task_queue.client import AsyncClient, TaskRequest
 from task_queue.logs import configure
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBMITTERS = 50
 BATCH = 500
 
@@ -114,7 +118,7 @@ async def drain_rate(
         "QUEUE_SIZE": str(tasks),
         "LOG_LEVEL": "warning",
         "LOG_FILE": "",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": child_pythonpath(),
     }
     binary = Path(sys.executable).with_name("task-queue")
     procs = [

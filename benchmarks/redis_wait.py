@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import benchmarks.noop_tasks  # noqa: F401 - registers `nap`
+from benchmarks import ROOT, child_pythonpath
 from benchmarks.scratch_redis import scratch_backend
 from task_queue.client import AsyncClient, TaskRequest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 async def main() -> None:
@@ -35,7 +34,7 @@ async def main() -> None:
     async with scratch_backend(1000) as backend:
         env = {**os.environ, "QUEUE_BACKEND": "redis", "REDIS_URL": backend.url}
         env |= {"LOG_LEVEL": "warning", "LOG_FILE": "", "TASK_MODULES": "benchmarks.noop_tasks"}
-        env["PYTHONPATH"] = str(ROOT)
+        env["PYTHONPATH"] = child_pythonpath()
         binary = Path(sys.executable).with_name("task-queue")
         worker = await asyncio.create_subprocess_exec(str(binary), "worker", env=env, cwd=ROOT)
         client = AsyncClient(backend)
