@@ -1,15 +1,16 @@
 """Redis backend throughput: submits through the Python API, and drain by worker processes.
 
     .venv/bin/python -m benchmarks.redis_throughput [--tasks 20000] [--workers 1,2]
-        [--worker-count 10] [--prefetch 0]
+        [--worker-count 10] [--prefetch 0] [--callers 1,2,4]
 
 Starts a throwaway `redis-server --save "" --appendonly no` on a free port
 (never the shared 6379) and measures, each on an empty prefix:
 
 1. single submits: 50 coroutines of one AsyncClient, one task per call;
 2. batched submits: calls of 500 tasks, one after the other from one coroutine,
-   then from two (a big call is a script call of its own, so while Redis
-   stores one caller's batch the other builds its next: the two cores overlap);
+   then from two, then four (`--callers`; a big call is a script call of its
+   own, so while Redis stores one caller's batch another builds its next: the
+   two cores overlap, and with more callers neither side waits for the other);
 3. drain: `--tasks` no-op tasks queued first, then N `task-queue worker`
    processes (WORKER_COUNT and WORKER_PREFETCH from the flags, LOG_LEVEL
    warning) run them. As for the peers
@@ -153,6 +154,7 @@ async def main() -> None:
     parser.add_argument("--workers", default="1,2", help="worker process counts to drain with")
     parser.add_argument("--worker-count", type=int, default=10, help="WORKER_COUNT per process")
     parser.add_argument("--prefetch", type=int, default=0, help="WORKER_PREFETCH per process")
+    parser.add_argument("--callers", default="1,2,4", help="coroutines submitting batches at once")
     args = parser.parse_args()
     configure("warning", "text", None)
     server, url = start_redis()
@@ -162,7 +164,7 @@ async def main() -> None:
             url, server.pid, "single", args.tasks, batch=1, callers=SUBMITTERS
         )
         rows.append((f"single submits, {SUBMITTERS} coroutines", single))
-        for callers in (1, 2):
+        for callers in (int(n) for n in args.callers.split(",")):
             batched = await submit_rate(
                 url, server.pid, f"batched{callers}", args.tasks, batch=BATCH, callers=callers
             )
