@@ -478,6 +478,26 @@ async def test_a_key_repeated_within_one_batch_is_one_task(
         )
 
 
+async def test_a_batch_of_keyed_and_plain_tasks_answers_each_in_place(
+    backend: Backend, clock: ManualClock
+) -> None:
+    """Redis stores a batch in runs of like tasks: keys repeated or stored before,
+    inside and between runs, must not shift an answer or the queue's order."""
+    stored = make(clock, idempotency_key="s", request_hash="h")
+    await backend.enqueue([stored])
+    plain = [make(clock) for _ in range(5)]
+    keyed, again, old = (make(clock, idempotency_key=k, request_hash="h") for k in "kks")
+    batch = [plain[0], plain[1], keyed, again, plain[2], old, plain[3], plain[4]]
+    results = await backend.enqueue(batch)
+    answers = [(r.task.id, r.created) for r in results]
+    new, kept = [(t.id, True) for t in plain], [(keyed.id, False), (stored.id, False)]
+    assert answers == [*new[:2], (keyed.id, True), kept[0], new[2], kept[1], *new[3:]]
+    taken = await take(backend, 10)
+    assert [t.id for t in taken] == [stored.id, *(t.id for t in plain[:2]), keyed.id] + [
+        t.id for t in plain[2:]
+    ]
+
+
 async def test_a_cursor_too_long_to_be_ours_is_refused(backend: Backend) -> None:
     with pytest.raises(ValueError, match="cursor"):
         await backend.list_tasks(TaskFilter(), 10, "9" * 30)

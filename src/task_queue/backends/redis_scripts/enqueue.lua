@@ -55,100 +55,129 @@ local function hand_over(now, stamp, id, queue, doc, ...)
   return true
 end
 
--- Walking a group's tasks: a task is its run (the ARGV index of the run's count),
--- its slot (that of its id) and the slot of its run's last task. That last one
--- comes from the count, read once per run and never for a lone task: tonumber is
--- a strtod, about a thousand instructions. first_task gives the first task of the
--- runs from ARGV[at]; next_task the one after a task that is not its group's last.
-local function first_task(at)
-  return at, at + RUN, nil
+-- A group's tasks come in runs (see above); a run's tasks all share its
+-- idempotency key, so a group is checked and stored run by run. A run without a
+-- key is stored in one loop that reads the run's fields once: per task, Lua
+-- runs little more than the HSET and the two index entries it builds.
+
+-- The count of the run at ARGV[run], with `left` tasks of its group from there
+-- on. With one left it is 1, as for every lone submit: tonumber is a strtod,
+-- about a thousand instructions.
+local function run_count(run, left)
+  return left == 1 and 1 or tonumber(ARGV[run])
 end
 
-local function next_task(run, slot, last)
-  last = last or run + RUN + 2 * (tonumber(ARGV[run]) - 1)
-  if slot < last then
-    return run, slot + 2, last
-  end
-  return first_task(last + 2)
+-- The run after the run at ARGV[run] of `count` tasks.
+local function next_run(run, count)
+  return run + RUN + 2 * count
 end
 
--- Where a refused group, whose n tasks start at ARGV[at], ends.
-local function skip(at, n)
-  while n > 0 do
-    local count = tonumber(ARGV[at])
-    n, at = n - count, at + RUN + 2 * count
-  end
-  return at
-end
-
--- The tasks of one group that are already stored under their idempotency key
--- (false for a fresh one) and how many are fresh, or nil, 0 and the refusal.
+-- One group's runs ({at, count, new, id} each: its first `new` tasks are new,
+-- the others repeat task `id`, stored under their key; `after`: where the next
+-- group starts) and how many tasks are new, or nil, 0 and the refusal. A run shares its key, so its first task can
+-- be new and the others repeat it: a key repeated in a group counts like a
+-- stored one.
 local function check(at, n, max_waiting)
-  local firsts, seen, fresh = {}, {}, 0
-  local run, slot, last = first_task(at)
-  for i = 1, n do
-    if i > 1 then
-      run, slot, last = next_task(run, slot, last)
-    end
-    local key, hash = ARGV[run + 6], ARGV[run + 7]
-    local first = false
+  local runs, seen, fresh = {}, {}, 0
+  local run, left = at, n
+  while left > 0 do
+    local count, key = run_count(run, left), ARGV[run + 6]
+    local new, first = count, false
     if key ~= '' then
-      first = seen[key] or false  -- a key repeated in this group counts like a stored one
+      local hash = ARGV[run + 7]
+      first = seen[key] or false
       if not first then
         local id = redis.call('GET', P .. 'idem:' .. key)
         if id then
           first = {id = id, hash = redis.call('HGET', task_key(id), 'h') or ''}
         end
       end
-    end
-    if first then
-      if first.hash ~= hash then
+      if first and first.hash ~= hash then
         return nil, 0, {'conflict', key}
       end
-    else
-      fresh = fresh + 1
-      if key ~= '' then
-        seen[key] = {id = ARGV[slot], hash = hash}
+      if first then
+        new = 0
+      else
+        new, first = 1, {id = ARGV[run + RUN], hash = hash}
+        seen[key] = first
       end
     end
-    firsts[i] = first
+    fresh = fresh + new
+    runs[#runs + 1] = {run, count, new, first and first.id}
+    run, left = next_run(run, count), left - count
   end
   if waiting + fresh > max_waiting then
     return nil, 0, {'full', tostring(waiting)}
   end
   waiting = waiting + fresh
-  return firsts, fresh
+  runs.after = run
+  return runs, fresh
 end
 
-local function store(run, slot)
-  local id, doc = ARGV[slot], ARGV[slot + 1]
-  local status, queue, rank, key = ARGV[run + 1], ARGV[run + 2], ARGV[run + 3], ARGV[run + 6]
-  seq = seq + 1
-  local padded = pad16(seq)  -- one number-to-text conversion per task, not four
-  local pending = status == 'pending'
-  if not (pending and lone and (pending_before[queue] or 0) == 0
-      and hand_over(now, stamp, id, queue, doc, 'r', rank, 'seq', padded)) then
-    redis.call('HSET', task_key(id), 'd', doc, 's', status, 'q', queue, 'r', rank,
-      'seq', padded)  -- no field table to unpack: a seventh of this script's cost
-    if pending then
-      ready[queue] = ready[queue] or {}
-      local members = ready[queue]
-      members[#members + 1] = '0'
-      members[#members + 1] = member(rank, padded, id)
-    end
+-- Where a refused group, whose n tasks start at ARGV[at], ends.
+local function skip(at, n)
+  while n > 0 do
+    local count = run_count(at, n)
+    n, at = n - count, next_run(at, count)
   end
+  return at
+end
+
+-- Store the first `count` tasks of the run at ARGV[run]: all of a run without a
+-- key, the first of one with a key (the others repeat it).
+local function store(run, count)
+  local status, queue, rank, kind = ARGV[run + 1], ARGV[run + 2], ARGV[run + 3], ARGV[run + 5]
+  local pending = status == 'pending'
+  local handing = pending and lone and (pending_before[queue] or 0) == 0
+  local members = ready[queue]  -- made when a task goes in: a task handed over does not
+  local m, a = members and #members or 0, #all
+  for slot = run + RUN, run + RUN + 2 * (count - 1), 2 do
+    local id, doc = ARGV[slot], ARGV[slot + 1]
+    seq = seq + 1
+    local padded = string.format('%016d', seq)  -- one conversion per task, used thrice
+    if not (handing and hand_over(now, stamp, id, queue, doc, 'r', rank, 'seq', padded)) then
+      redis.call('HSET', P .. 'task:' .. id, 'd', doc, 's', status, 'q', queue, 'r', rank,
+        'seq', padded)  -- no field table to unpack: a seventh of this script's cost
+      if pending then
+        if not members then
+          members = {}
+          ready[queue] = members
+        end
+        members[m + 1], members[m + 2] = '0', rank .. padded .. '|' .. id
+        m = m + 2
+      end
+    end
+    if not pending then
+      delayed[#delayed + 1] = ARGV[run + 4]
+      delayed[#delayed + 1] = id
+    end
+    all[a + 1], all[a + 2] = padded, id
+    a = a + 2
+  end
+  local key = ARGV[run + 6]
   if key ~= '' then
+    local id = ARGV[run + RUN]
     redis.call('HSET', task_key(id), 'h', ARGV[run + 7])
     redis.call('SET', P .. 'idem:' .. key, id)
   end
   if not pending then
-    delayed[#delayed + 1] = ARGV[run + 4]
-    delayed[#delayed + 1] = id
-    scheduled = scheduled + 1
+    scheduled = scheduled + count
   end
-  all[#all + 1] = padded
-  all[#all + 1] = id
-  types[ARGV[run + 5]] = (types[ARGV[run + 5]] or 0) + 1
+  types[kind] = (types[kind] or 0) + count
+end
+
+-- A group's answer when some of its tasks repeat a stored one: per task, {} when
+-- created now, else the HGETALL of the task it repeats.
+local function found(runs)
+  local answer = {}
+  for _, r in ipairs(runs) do
+    local count, new, id = r[2], r[3], r[4]
+    local stored = new < count and redis.call('HGETALL', task_key(id))
+    for i = 1, count do
+      answer[#answer + 1] = i <= new and {} or stored
+    end
+  end
+  return {'ok', answer}
 end
 
 local answers = {}
@@ -157,33 +186,21 @@ while at <= #ARGV do
   local max_waiting, n = tonumber(ARGV[at]), tonumber(ARGV[at + 3])
   now, stamp = ARGV[at + 1], ARGV[at + 2]
   local tasks_at = at + 4
-  local firsts, fresh, refusal = check(tasks_at, n, max_waiting)
-  if firsts then
+  local runs, fresh, refusal = check(tasks_at, n, max_waiting)
+  if runs then
     if fresh > 0 then  -- one call takes the group's sequences: no HGET, strtod and HSET
       seq = redis.call('HINCRBY', COUNTS, 'seq', fresh) - fresh
     end
-    local any_stored_before = false
-    local run, slot, last = first_task(tasks_at)
-    for i, first in ipairs(firsts) do
-      if i > 1 then
-        run, slot, last = next_task(run, slot, last)
+    local repeats = false
+    for _, r in ipairs(runs) do
+      local run, count, new = r[1], r[2], r[3]
+      if new > 0 then
+        store(run, new)
       end
-      if first then
-        any_stored_before = true
-      else
-        store(run, slot)
-      end
+      repeats = repeats or new < count
     end
-    local answer = 1
-    if any_stored_before then
-      local found = {}
-      for i, first in ipairs(firsts) do
-        found[i] = first and redis.call('HGETALL', task_key(first.id)) or {}
-      end
-      answer = {'ok', found}
-    end
-    answers[#answers + 1] = answer
-    at = slot + 2  -- after the group's last task
+    answers[#answers + 1] = repeats and found(runs) or 1
+    at = runs.after
   else
     answers[#answers + 1] = refusal
     at = skip(tasks_at, n)
