@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import uuid
 
-from task_queue.task import Task, new_task_id
+import pytest
+
+from task_queue.task import Task, new_task_id, new_task_ids
 
 
-def test_task_ids_are_random_uuid4_in_canonical_text() -> None:
-    ids = [new_task_id() for _ in range(2000)]
+@pytest.mark.parametrize("make", ["one by one", "as a batch"])
+def test_task_ids_are_random_uuid4_in_canonical_text(make: str) -> None:
+    ids = [new_task_id() for _ in range(2000)] if make == "one by one" else new_task_ids(2000)
     for text in ids:
         parsed = uuid.UUID(text)
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text
-    assert len(set(ids)) == len(ids)
+    assert len(set(ids)) == len(ids) == 2000
     # The variant digit keeps its two random bits: all four values turn up.
     assert {text[19] for text in ids} == set("89ab")
 

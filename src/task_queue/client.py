@@ -22,7 +22,13 @@ from task_queue import backends
 from task_queue._clock import Clock, SystemClock
 from task_queue.backends.base import Backend, Page, QueueStats, Submitted, TaskFilter
 from task_queue.registry import Registry, default_registry, load_modules
-from task_queue.task import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, DEFAULT_TIMEOUT_SECONDS, Task
+from task_queue.task import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_QUEUE,
+    DEFAULT_TIMEOUT_SECONDS,
+    Task,
+    new_task_ids,
+)
 
 if TYPE_CHECKING:
     from task_queue.config import Settings
@@ -142,7 +148,14 @@ class AsyncClient:
     async def close(self) -> None:
         await self.backend.close()
 
-    def build(self, request: TaskRequest, *, now: float, request_id: str | None = None) -> Task:
+    def build(
+        self,
+        request: TaskRequest,
+        *,
+        now: float,
+        request_id: str | None = None,
+        task_id: str | None = None,
+    ) -> Task:
         """The task a request describes; UnknownTaskType or PayloadError when it cannot run."""
         kind = self.registry.get(request.type)
         kind.validate(request.payload)
@@ -166,6 +179,7 @@ class AsyncClient:
             idempotency_key=request.idempotency_key,
             request_hash=request.fingerprint() if request.idempotency_key else None,
             request_id=request_id,
+            id=task_id,
         )
 
     async def submit_requests(
@@ -177,7 +191,11 @@ class AsyncClient:
         delayed) run_at, and keep their order in the batch among themselves.
         """
         now = self.clock.now()
-        tasks = [self.build(r, now=now, request_id=request_id) for r in requests]
+        ids = new_task_ids(len(requests))
+        tasks = [
+            self.build(r, now=now, request_id=request_id, task_id=task_id)
+            for r, task_id in zip(requests, ids, strict=True)
+        ]
         return await self.backend.enqueue(tasks)
 
     async def submit(
