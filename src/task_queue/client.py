@@ -191,11 +191,13 @@ class AsyncClient:
         delayed) run_at, and keep their order in the batch among themselves.
         """
         now = self.clock.now()
-        ids = new_task_ids(len(requests))
-        tasks = [
-            self.build(r, now=now, request_id=request_id, task_id=task_id)
-            for r, task_id in zip(requests, ids, strict=True)
-        ]
+        if len(requests) == 1:  # a lone submit's id the usual way: no list of them
+            tasks = [self.build(requests[0], now=now, request_id=request_id)]
+        else:  # a batch's ids from one read of the random source
+            ids = iter(new_task_ids(len(requests)))
+            tasks = [
+                self.build(r, now=now, request_id=request_id, task_id=next(ids)) for r in requests
+            ]
         return await self.backend.enqueue(tasks)
 
     async def submit(
