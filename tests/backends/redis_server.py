@@ -38,12 +38,12 @@ def _answers_ping(port: int) -> bool:
 class RedisServer:
     """One redis-server process; `url` points at it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *options: str) -> None:
         require(REDIS_SERVER, "redis-server")  # a fresh machine may not have it yet
         self.workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.start()
+        self.start(*options)
 
     def start(self, *options: str) -> None:
         """Start redis-server on this port and directory (again, after a test killed

@@ -14,7 +14,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.deploy.deployment import IMAGE, K8S, KNOWN_VARIABLES, load_yaml_documents
+from tests.deploy.deployment import IMAGE, K8S, KNOWN_VARIABLES, compose, load_yaml_documents
 
 KUBERNETES_VERSION = "1.30.0"
 MANIFESTS = sorted(K8S.glob("*.yaml"))
@@ -105,6 +105,11 @@ def test_redis_persists_an_append_only_file_on_a_claimed_volume() -> None:
     statefulset = find("StatefulSet", "redis")
     redis = statefulset["spec"]["template"]["spec"]["containers"][0]
     assert redis["args"][redis["args"].index("--appendonly") + 1] == "yes"
+    # The memory bound the Compose stack runs its Redis with (test_nginx.py).
+    listpack = redis["args"].index("--hash-max-listpack-value")
+    tuned = compose()["services"]["redis"]["command"]
+    at = tuned.index("--hash-max-listpack-value")
+    assert redis["args"][listpack : listpack + 2] == tuned[at : at + 2]
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in redis["volumeMounts"]
     service = find("Service", "redis")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.backends.redis_server import RedisServer
-from tests.deploy.deployment import ROOT
+from tests.deploy.deployment import ROOT, compose
 from tests.deploy.nginx import NGINX_CONF, Nginx
 from tests.e2e.processes import FINAL_STATUSES, READY_SECONDS, Launcher, TaskQueueProcess, wait_for
 
@@ -40,7 +40,9 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("nginx-stack")
-    redis = RedisServer(base)
+    # Redis with the Compose file's options (AOF, the listpack bound): a real
+    # redis-server takes them, as the image's would.
+    redis = RedisServer(base, *compose()["services"]["redis"]["command"][1:])
     launcher = Launcher(base)
     nginx: Nginx | None = None
     try:
