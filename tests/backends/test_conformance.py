@@ -489,13 +489,12 @@ async def test_a_batch_of_keyed_and_plain_tasks_answers_each_in_place(
     keyed, again, old = (make(clock, idempotency_key=k, request_hash="h") for k in "kks")
     batch = [plain[0], plain[1], keyed, again, plain[2], old, plain[3], plain[4]]
     results = await backend.enqueue(batch)
-    answers = [(r.task.id, r.created) for r in results]
-    new, kept = [(t.id, True) for t in plain], [(keyed.id, False), (stored.id, False)]
-    assert answers == [*new[:2], (keyed.id, True), kept[0], new[2], kept[1], *new[3:]]
-    taken = await take(backend, 10)
-    assert [t.id for t in taken] == [stored.id, *(t.id for t in plain[:2]), keyed.id] + [
-        t.id for t in plain[2:]
-    ]
+    assert [(r.task.id, r.created) for r in results] == [
+        (plain[0].id, True), (plain[1].id, True), (keyed.id, True), (keyed.id, False),
+        (plain[2].id, True), (stored.id, False), (plain[3].id, True), (plain[4].id, True),
+    ]  # fmt: skip
+    taken = [t.id for t in await take(backend, 10)]
+    assert taken == [stored.id, plain[0].id, plain[1].id, keyed.id, *(t.id for t in plain[2:])]
 
 
 async def test_a_cursor_too_long_to_be_ours_is_refused(backend: Backend) -> None:
