@@ -105,16 +105,20 @@ def test_redis_persists_an_append_only_file_on_a_claimed_volume() -> None:
     statefulset = find("StatefulSet", "redis")
     redis = statefulset["spec"]["template"]["spec"]["containers"][0]
     assert redis["args"][redis["args"].index("--appendonly") + 1] == "yes"
-    # The memory bound the Compose stack runs its Redis with (test_nginx.py).
-    listpack = redis["args"].index("--hash-max-listpack-value")
-    tuned = compose()["services"]["redis"]["command"]
-    at = tuned.index("--hash-max-listpack-value")
-    assert redis["args"][listpack : listpack + 2] == tuned[at : at + 2]
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in redis["volumeMounts"]
     service = find("Service", "redis")
     assert service["spec"]["clusterIP"] == "None"
     assert statefulset["spec"]["serviceName"] == "redis"
+
+
+def test_redis_keeps_task_hashes_as_listpacks_as_the_compose_stack_does() -> None:
+    """The memory bound of docs/deployment.md; test_nginx.py runs a real
+    redis-server with the Compose file's options, this one among them."""
+    args = find("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]["args"]
+    command = compose()["services"]["redis"]["command"]
+    flag = "--hash-max-listpack-value"
+    assert args[args.index(flag) + 1] == command[command.index(flag) + 1] == "1024"
 
 
 def test_pods_run_non_root_on_a_read_only_root_without_capabilities() -> None:
